@@ -1,0 +1,15 @@
+//! spo: Soft Preference Optimization for language models.
+//!
+//! The library never prints or exits; the `spo` binary (see `src/cli`) does.
+//! Modules follow the data path: losses are pure functions of log-prob tensors
+//! ([`loss`]); the tabular world in which the paper's theorems hold exactly is
+//! [`theory`], which shares the per-pair formulas of [`scalar`].
+
+// Index loops are the notation of the tabular maths (D(i≻j), Hessians); keep them.
+#![allow(clippy::needless_range_loop)]
+
+pub mod cli;
+pub mod loss;
+pub mod plot;
+pub mod scalar;
+pub mod theory;
