@@ -10,6 +10,10 @@
 
 pub mod cli;
 pub mod loss;
+pub mod model;
 pub mod plot;
+pub mod runtime;
+pub mod sample;
 pub mod scalar;
 pub mod theory;
+pub mod tokenizer;

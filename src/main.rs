@@ -2,7 +2,11 @@ use clap::Parser;
 use spo::cli::{self, args::UsageError, Cli};
 use std::process::ExitCode;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    spo::runtime::init();
     let parsed = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

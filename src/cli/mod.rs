@@ -1,6 +1,8 @@
 //! The `spo` command line: one module per subcommand. Only this layer prints or exits.
 
 pub mod args;
+pub mod generate;
+pub mod score;
 pub mod theory;
 
 use clap::{Parser, Subcommand};
@@ -19,11 +21,17 @@ pub struct Cli {
 pub enum Command {
     /// Reproduce the paper's theorems exactly in the tabular setting.
     Theory(theory::TheoryArgs),
+    /// Sample continuations of a prompt (batched, KV cache).
+    Generate(generate::GenerateArgs),
+    /// Log-probability of a text given a prompt, as the trainer computes it.
+    Score(score::ScoreArgs),
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Theory(args) => theory::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Score(args) => score::run(args),
     }
 }

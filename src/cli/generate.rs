@@ -1,0 +1,97 @@
+//! `spo generate`: sample continuations of a prompt.
+
+use super::args::usage;
+use crate::model::load;
+use crate::sample::{generate, SamplingConfig};
+use crate::tokenizer::Message;
+use anyhow::Result;
+use candle_core::{DType, Device};
+use clap::Args;
+use std::path::PathBuf;
+
+/// Flags of `spo generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model: a Hugging Face directory, a GGUF file, or a llama2.c .bin.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt text (raw, or the user message with --chat).
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// Render the prompt as a user message with the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Samples to draw (one batch).
+    #[arg(long, default_value_t = 1)]
+    pub num_samples: usize,
+    /// Maximum new tokens per sample.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Temperature; 0 is greedy.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Nucleus sampling threshold.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Keep only the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Seed (runs with the same seed give the same samples).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop after this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// One JSON object per line per sample.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `spo generate`.
+pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.num_samples == 0 {
+        return usage("--num-samples must be at least 1");
+    }
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        return usage(format!("--temperature must be ≥ 0, got {}", args.temperature));
+    }
+    if args.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        return usage("--top-p must be in (0, 1]");
+    }
+    let loaded = load(&args.model, DType::F32, &Device::Cpu)?;
+    let tok = &loaded.tokenizer;
+    let ids = if args.chat {
+        let text = tok.apply_chat_template(&[Message::new("user", &args.prompt)], true)?;
+        tok.encode(&text, false)?
+    } else {
+        let mut ids = tok.encode(&args.prompt, tok.add_bos)?;
+        if ids.is_empty() {
+            // unconditional generation starts from BOS even when the tokenizer adds none
+            ids.extend(tok.bos);
+        }
+        ids
+    };
+    if ids.is_empty() {
+        return usage("--prompt is empty and the model has no BOS token to start from");
+    }
+    let cfg = SamplingConfig {
+        max_new_tokens: args.max_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        stop: args.stop.clone(),
+    };
+    let prompts = vec![ids; args.num_samples];
+    for s in generate(&loaded.model, tok, &prompts, &cfg)? {
+        if args.json {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            if args.num_samples > 1 {
+                println!("--- sample {} ({:?}) ---", s.index, s.finish_reason);
+            }
+            println!("{}{}", if args.chat { "" } else { args.prompt.as_str() }, s.text);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! A llama-architecture decoder written for candle autograd.
+//!
+//! Only differentiable primitives are used (composed RMSNorm, `ops::softmax`,
+//! composed RoPE, an additive causal mask): candle's fused ops drop gradients
+//! silently (shared/notes/engine.md). Weights are [`Var`]s named as in Hugging Face
+//! checkpoints; inference detaches them so no graph is recorded.
+
+use super::config::LlamaConfig;
+use super::rope::Rope;
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_nn::ops::{log_softmax, softmax};
+
+/// One decoder block's weights.
+#[derive(Debug, Clone)]
+struct Block {
+    attn_norm: Var,
+    wq: Var,
+    wk: Var,
+    wv: Var,
+    wo: Var,
+    ffn_norm: Var,
+    w_gate: Var,
+    w_up: Var,
+    w_down: Var,
+}
+
+/// Per-layer key/value cache for incremental decoding, `[B, KV, T, head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps only the batch rows in `rows` (finished sequences dropped).
+    pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(rows, 0)?;
+            *v = v.index_select(rows, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// The decoder.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    config: LlamaConfig,
+    embed: Var,
+    blocks: Vec<Block>,
+    norm: Var,
+    lm_head: Option<Var>,
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+}
+
+/// A weight: tracked for training, detached for inference.
+fn w(v: &Var, track: bool) -> Tensor {
+    if track {
+        v.as_tensor().clone()
+    } else {
+        v.as_tensor().detach()
+    }
+}
+
+/// `x @ wᵀ` for `x: [..., in]`, `w: [out, in]`.
+fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let inner = dims[dims.len() - 1];
+    let rows = x.elem_count() / inner;
+    let y = x.reshape((rows, inner))?.matmul(&weight.t()?)?;
+    let mut out = dims;
+    *out.last_mut().expect("rank ≥ 1") = weight.dim(0)?;
+    y.reshape(out)
+}
+
+/// Composed RMSNorm: `x · rsqrt(mean(x²) + ε) · w`.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    x.broadcast_mul(&inv)?.broadcast_mul(weight)
+}
+
+/// The names and shapes of every weight, in a fixed order (Hugging Face names).
+pub fn weight_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
+    let kv = c.num_key_value_heads * hd;
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, d])];
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        out.extend([
+            (format!("{p}.input_layernorm.weight"), vec![d]),
+            (format!("{p}.self_attn.q_proj.weight"), vec![c.num_attention_heads * hd, d]),
+            (format!("{p}.self_attn.k_proj.weight"), vec![kv, d]),
+            (format!("{p}.self_attn.v_proj.weight"), vec![kv, d]),
+            (format!("{p}.self_attn.o_proj.weight"), vec![d, c.num_attention_heads * hd]),
+            (format!("{p}.post_attention_layernorm.weight"), vec![d]),
+            (format!("{p}.mlp.gate_proj.weight"), vec![f, d]),
+            (format!("{p}.mlp.up_proj.weight"), vec![f, d]),
+            (format!("{p}.mlp.down_proj.weight"), vec![d, f]),
+        ]);
+    }
+    out.push(("model.norm.weight".to_string(), vec![d]));
+    if !c.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![c.vocab_size, d]));
+    }
+    out
+}
+
+impl Llama {
+    /// Builds the model from named tensors (Hugging Face names and half-split RoPE
+    /// layout); `get` returns the tensor for a name. Shapes are checked.
+    pub fn from_tensors(
+        config: LlamaConfig,
+        dtype: DType,
+        device: &Device,
+        mut get: impl FnMut(&str) -> anyhow::Result<Tensor>,
+    ) -> anyhow::Result<Self> {
+        config.validate()?;
+        let mut vars = std::collections::HashMap::new();
+        for (name, shape) in weight_shapes(&config) {
+            let t = get(&name)?;
+            anyhow::ensure!(
+                t.dims() == shape.as_slice(),
+                "tensor {name} has shape {:?}, the configuration implies {shape:?}",
+                t.dims()
+            );
+            vars.insert(name, Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?)?);
+        }
+        let mut take = |n: String| vars.remove(&n).expect("listed by weight_shapes");
+        let blocks = (0..config.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Block {
+                    attn_norm: take(format!("{p}.input_layernorm.weight")),
+                    wq: take(format!("{p}.self_attn.q_proj.weight")),
+                    wk: take(format!("{p}.self_attn.k_proj.weight")),
+                    wv: take(format!("{p}.self_attn.v_proj.weight")),
+                    wo: take(format!("{p}.self_attn.o_proj.weight")),
+                    ffn_norm: take(format!("{p}.post_attention_layernorm.weight")),
+                    w_gate: take(format!("{p}.mlp.gate_proj.weight")),
+                    w_up: take(format!("{p}.mlp.up_proj.weight")),
+                    w_down: take(format!("{p}.mlp.down_proj.weight")),
+                }
+            })
+            .collect();
+        let embed = take("model.embed_tokens.weight".into());
+        let norm = take("model.norm.weight".into());
+        let lm_head = (!config.tie_word_embeddings).then(|| take("lm_head.weight".into()));
+        let rope = Rope::new(config.head_dim(), config.max_position_embeddings, config.rope_theta, dtype, device)?;
+        Ok(Self { config, embed, blocks, norm, lm_head, rope, dtype, device: device.clone() })
+    }
+
+    /// A randomly initialised model (normal, std 0.02; norms at 1), for tests.
+    pub fn random(config: LlamaConfig, seed: u64, dtype: DType, device: &Device) -> anyhow::Result<Self> {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, Normal};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let normal = Normal::new(0.0, 0.02).expect("valid std");
+        let shapes: std::collections::HashMap<_, _> = weight_shapes(&config).into_iter().collect();
+        Self::from_tensors(config, dtype, device, |name| {
+            let shape = &shapes[name];
+            let n: usize = shape.iter().product();
+            let v: Vec<f64> = if shape.len() == 1 {
+                (0..n).map(|_| 1.0 + normal.sample(&mut rng)).collect()
+            } else {
+                (0..n).map(|_| normal.sample(&mut rng)).collect()
+            };
+            Ok(Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?)
+        })
+    }
+
+    /// Architecture.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Every trainable variable with its Hugging Face name, in [`weight_shapes`] order.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.extend([
+                (format!("{p}.input_layernorm.weight"), b.attn_norm.clone()),
+                (format!("{p}.self_attn.q_proj.weight"), b.wq.clone()),
+                (format!("{p}.self_attn.k_proj.weight"), b.wk.clone()),
+                (format!("{p}.self_attn.v_proj.weight"), b.wv.clone()),
+                (format!("{p}.self_attn.o_proj.weight"), b.wo.clone()),
+                (format!("{p}.post_attention_layernorm.weight"), b.ffn_norm.clone()),
+                (format!("{p}.mlp.gate_proj.weight"), b.w_gate.clone()),
+                (format!("{p}.mlp.up_proj.weight"), b.w_up.clone()),
+                (format!("{p}.mlp.down_proj.weight"), b.w_down.clone()),
+            ]);
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.clone()));
+        }
+        out
+    }
+
+    /// Runs the blocks over `ids: [B, T]` at `positions: [B, T]` with the additive
+    /// attention `mask: [B, 1, T, T_past + T]`, appending to `cache` when given.
+    /// Returns final-normed hidden states `[B, T, D]`.
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        track: bool,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t) = ids.dims2()?;
+        let (h, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+        let mut x = w(&self.embed, track).index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?;
+        if let Some(cache) = cache.as_deref_mut() {
+            cache.layers.resize(self.blocks.len(), None);
+        }
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (li, blk) in self.blocks.iter().enumerate() {
+            let xn = rms_norm(&x, &w(&blk.attn_norm, track), c.rms_norm_eps)?;
+            let heads = |wt: &Var, n: usize| -> Result<Tensor> {
+                linear(&xn, &w(wt, track))?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
+            };
+            let q = self.rope.apply(&heads(&blk.wq, h)?, positions)?;
+            let mut k = self.rope.apply(&heads(&blk.wk, kvh)?, positions)?;
+            let mut v = heads(&blk.wv, kvh)?;
+            if let Some(cache) = cache.as_deref_mut() {
+                if let Some((pk, pv)) = &cache.layers[li] {
+                    k = Tensor::cat(&[pk, &k], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                cache.layers[li] = Some((k.clone(), v.clone()));
+            }
+            let tk = k.dim(2)?;
+            // Grouped-query attention: query heads are grouped n_rep to a KV head.
+            let n_rep = h / kvh;
+            let q = q.reshape((b, kvh, n_rep * t, hd))?;
+            let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, h, t, tk))?;
+            let probs = softmax(&scores.broadcast_add(mask)?, D::Minus1)?;
+            let ctx = probs.reshape((b, kvh, n_rep * t, tk))?.matmul(&v)?.reshape((b, h, t, hd))?;
+            let ctx = ctx.transpose(1, 2)?.reshape((b, t, h * hd))?;
+            x = (x + linear(&ctx, &w(&blk.wo, track))?)?;
+            let xn = rms_norm(&x, &w(&blk.ffn_norm, track), c.rms_norm_eps)?;
+            let gate = linear(&xn, &w(&blk.w_gate, track))?;
+            let up = linear(&xn, &w(&blk.w_up, track))?;
+            x = (x + linear(&(gate.silu()? * up)?, &w(&blk.w_down, track))?)?;
+        }
+        rms_norm(&x, &w(&self.norm, track), c.rms_norm_eps)
+    }
+
+    /// Output logits `[N, V]` of hidden rows `[N, D]`.
+    fn head(&self, rows: &Tensor, track: bool) -> Result<Tensor> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        linear(rows, &w(head, track))
+    }
+
+    fn causal_mask(&self, b: usize, t: usize) -> Result<Tensor> {
+        let v: Vec<f32> =
+            (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
+        Tensor::from_vec(v, (1, 1, t, t), &self.device)?.to_dtype(self.dtype)?.broadcast_as((b, 1, t, t))?.contiguous()
+    }
+
+    fn check_len(&self, t: usize) -> Result<()> {
+        if t > self.rope.max_positions() {
+            candle_core::bail!("sequence of {t} tokens exceeds the model's context of {}", self.rope.max_positions());
+        }
+        Ok(())
+    }
+
+    /// Training forward over right-padded `ids: [B, T]` (positions 0..T; causal
+    /// mask only, since padding comes after every real token). Returns the hidden
+    /// rows `[N, D]` at the flat positions `select: [N]` (`b·T + t`).
+    fn selected_hidden(&self, ids: &Tensor, select: &Tensor, track: bool) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.check_len(t)?;
+        let pos: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+        let positions = Tensor::from_vec(pos, (b, t), &self.device)?;
+        let hidden = self.hidden(ids, &positions, &self.causal_mask(b, t)?, None, track)?;
+        hidden.reshape((b * t, self.config.hidden_size))?.index_select(select, 0)
+    }
+
+    /// Log-probabilities `[N]` of `targets: [N]` as next tokens at the flat
+    /// positions `select: [N]` of `ids: [B, T]` (position `b·T + t` predicts the
+    /// token after `ids[b, t]`). Only the `[N, V]` logits of the selected positions
+    /// are materialised. Differentiable w.r.t. every weight.
+    pub fn token_logprobs(&self, ids: &Tensor, select: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let rows = self.selected_hidden(ids, select, true)?;
+        let logp = log_softmax(&self.head(&rows, true)?, D::Minus1)?;
+        logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)
+    }
+
+    /// Full next-token log-distributions `[N, V]` at the flat positions `select`
+    /// (what the token-wise KL needs). `track = false` for a frozen reference.
+    pub fn next_token_logdist(&self, ids: &Tensor, select: &Tensor, track: bool) -> Result<Tensor> {
+        let rows = self.selected_hidden(ids, select, track)?;
+        log_softmax(&self.head(&rows, track)?, D::Minus1)
+    }
+
+    /// Inference step with a KV cache on left-padded rows: `ids: [B, T]` are the
+    /// next `T` tokens of every row, `pad: [B]` the number of padding tokens at the
+    /// start of each row (masked out; positions count from the first real token).
+    /// Returns last-position logits `[B, V]` in f32.
+    pub fn forward_cached(&self, ids: &Tensor, pad: &[usize], cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let past = cache.len();
+        self.check_len(past + t)?;
+        let pos: Vec<u32> =
+            pad.iter().flat_map(|&p| (past..past + t).map(move |a| a.saturating_sub(p) as u32)).collect();
+        let pos = Tensor::from_vec(pos, (b, t), &self.device)?;
+        // Key j is visible to query i (both absolute) when pad ≤ j ≤ i; a padding
+        // query sees itself so its row stays finite (it never feeds a real token).
+        let mut m = Vec::with_capacity(b * t * (past + t));
+        for &p in pad {
+            for i in past..past + t {
+                for j in 0..past + t {
+                    m.push(if (j >= p && j <= i) || j == i { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        let mask = Tensor::from_vec(m, (b, 1, t, past + t), &self.device)?.to_dtype(self.dtype)?;
+        let hidden = self.hidden(ids, &pos, &mask, Some(cache), false)?;
+        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+        self.head(&last, false)?.to_dtype(DType::F32)
+    }
+
+    /// Full logits `[B, T, V]` (f32) of unpadded `ids` without a cache, for tests
+    /// and scoring.
+    pub fn logits(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let select = Tensor::arange(0u32, (b * t) as u32, &self.device)?;
+        let rows = self.selected_hidden(ids, &select, false)?;
+        self.head(&rows, false)?.reshape((b, t, self.config.vocab_size))?.to_dtype(DType::F32)
+    }
+}

@@ -1,0 +1,61 @@
+//! Loading a model and its tokenizer from whatever a path holds: a Hugging Face
+//! directory, a GGUF file, or a llama2.c checkpoint.
+
+pub mod gguf;
+pub mod hf;
+pub mod llama2c;
+
+use super::Llama;
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+
+/// A loaded model with its tokenizer.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The decoder.
+    pub model: Llama,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+}
+
+/// Loads from `path`, choosing the format by what it holds: a directory with
+/// `config.json` (Hugging Face), a file starting with `GGUF`, or a llama2.c `.bin`
+/// (with `tokenizer.bin` beside it).
+pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
+    if !path.exists() {
+        bail!("{}: no such file or directory", path.display());
+    }
+    if path.is_dir() {
+        if path.join("config.json").is_file() {
+            return hf::load(path, dtype, device);
+        }
+        bail!("{}: a directory without config.json is not a Hugging Face checkpoint", path.display());
+    }
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    std::io::Read::read_exact(&mut f, &mut magic)
+        .with_context(|| format!("{}: file too short to be a model", path.display()))?;
+    match &magic {
+        b"GGUF" => gguf::load(path, dtype, device),
+        _ => llama2c::load(path, dtype, device),
+    }
+}
+
+/// Converts a `W_q`/`W_k` matrix `[n_heads·head_dim, in]` from the interleaved RoPE
+/// layout (GGUF, llama2.c: pairs `(2i, 2i+1)`) to the half-split one (`(i, i + hd/2)`),
+/// undoing llama.cpp's converter permutation.
+pub fn unpermute(w: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    let hd = out / n_heads;
+    w.reshape((n_heads, hd / 2, 2, inp))?.transpose(1, 2)?.contiguous()?.reshape((out, inp))
+}
+
+/// The inverse of [`unpermute`]: half-split to interleaved (what llama.cpp's
+/// converter writes).
+pub fn permute(w: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    let hd = out / n_heads;
+    w.reshape((n_heads, 2, hd / 2, inp))?.transpose(1, 2)?.contiguous()?.reshape((out, inp))
+}

