@@ -127,6 +127,28 @@ pub fn sentencepiece_bpe(vocab: &Vocabulary, bos: Option<u32>, eos: Option<u32>,
     Ok(Tokenizer::new(inner, bos, eos, add_bos))
 }
 
+/// A character-level SentencePiece-style toy vocabulary of exactly `size` tokens
+/// (`<unk>`, `<s>`, `</s>`, `▁`, then letters, digits and punctuation), for tiny
+/// random test models.
+pub fn toy_vocabulary(size: usize) -> Vocabulary {
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>", "▁"].map(String::from).to_vec();
+    let chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-:;()\"";
+    tokens.extend(chars.chars().map(String::from));
+    let mut k = 0;
+    while tokens.len() < size {
+        tokens.push(format!("▁w{k}"));
+        k += 1;
+    }
+    tokens.truncate(size);
+    let types = (0..tokens.len()).map(|i| match i {
+        0 => 2,
+        1 | 2 => 3,
+        _ => 1,
+    });
+    let scores = (0..tokens.len()).map(|i| -(i as f32)).collect();
+    Vocabulary { types: types.collect(), scores, tokens }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
