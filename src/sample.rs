@@ -24,11 +24,21 @@ pub struct SamplingConfig {
     pub seed: u64,
     /// Generation stops after any of these strings (which are cut from the text).
     pub stop: Vec<String>,
+    /// Keep going past EOS until `max_new_tokens` (benchmarks).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 128, temperature: 1.0, top_k: None, top_p: None, seed: 0, stop: Vec::new() }
+        Self {
+            max_new_tokens: 128,
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
     }
 }
 
@@ -69,9 +79,13 @@ pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> (u32, f
     } else {
         let t = cfg.temperature as f32;
         let mut cand: Vec<(usize, f32)> = logits.iter().enumerate().map(|(i, &l)| (i, (l - max) / t)).collect();
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        if let Some(k) = cfg.top_k {
+        // Only truncation needs the candidates in order; top-k first narrows the sort.
+        if let Some(k) = cfg.top_k.filter(|&k| k < cand.len()) {
+            cand.select_nth_unstable_by(k.max(1) - 1, |a, b| b.1.total_cmp(&a.1));
             cand.truncate(k.max(1));
+        }
+        if cfg.top_p.is_some() {
+            cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
         }
         let mut probs: Vec<f64> = cand.iter().map(|c| f64::from(c.1).exp()).collect();
         let z: f64 = probs.iter().sum();
@@ -148,13 +162,11 @@ pub fn generate(model: &Llama, tok: &Tokenizer, prompts: &[Vec<u32>], cfg: &Samp
             }
         }
         if keep.len() < rows.len() {
-            let finished_rows: std::collections::HashSet<u32> =
-                (0..rows.len() as u32).filter(|r| !keep.contains(r)).collect();
+            // `keep` is ascending: drop the finished rows in one pass
             let mut r = 0u32;
             rows.retain(|_| {
-                let k = !finished_rows.contains(&r);
                 r += 1;
-                k
+                keep.binary_search(&(r - 1)).is_ok()
             });
             pad = keep.iter().map(|&r| pad[r as usize]).collect();
             if rows.is_empty() {
@@ -170,7 +182,7 @@ pub fn generate(model: &Llama, tok: &Tokenizer, prompts: &[Vec<u32>], cfg: &Samp
 
 /// The finished sample if `row` just ended (EOS, stop string, or last step).
 fn finished(tok: &Tokenizer, row: &Row, cfg: &SamplingConfig, last: bool) -> Result<Option<Sample>> {
-    let eos = tok.eos.is_some() && row.tokens.last().copied() == tok.eos;
+    let eos = !cfg.ignore_eos && tok.eos.is_some() && row.tokens.last().copied() == tok.eos;
     let body = if eos { &row.tokens[..row.tokens.len() - 1] } else { &row.tokens[..] };
     let mut text = if eos || last || !cfg.stop.is_empty() { tok.decode(body)? } else { String::new() };
     let stop_at = cfg.stop.iter().filter_map(|s| text.find(s.as_str())).min();

@@ -42,6 +42,9 @@ pub struct GenerateArgs {
     /// Stop after this string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Do not stop at EOS (fixed-length runs for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// One JSON object per line per sample.
     #[arg(long)]
     pub json: bool,
@@ -81,9 +84,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         top_p: args.top_p,
         seed: args.seed,
         stop: args.stop.clone(),
+        ignore_eos: args.ignore_eos,
     };
     let prompts = vec![ids; args.num_samples];
-    for s in generate(&loaded.model, tok, &prompts, &cfg)? {
+    let start = std::time::Instant::now();
+    let samples = generate(&loaded.model, tok, &prompts, &cfg)?;
+    let secs = start.elapsed().as_secs_f64();
+    let n: usize = samples.iter().map(|s| s.tokens.len()).sum();
+    eprintln!("generated {n} tokens in {secs:.2} s ({:.1} tokens/s, batch {})", n as f64 / secs, args.num_samples);
+    for s in samples {
         if args.json {
             println!("{}", serde_json::to_string(&s)?);
         } else {

@@ -6,6 +6,7 @@
 //! checkpoints; inference detaches them so no graph is recorded.
 
 use super::config::LlamaConfig;
+use super::decode_linear::{DecodeLinear, MAX_ROWS};
 use super::rope::Rope;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use candle_nn::ops::{log_softmax, softmax};
@@ -73,12 +74,21 @@ fn w(v: &Var, track: bool) -> Tensor {
     }
 }
 
-/// `x @ wᵀ` for `x: [..., in]`, `w: [out, in]`.
+/// `x @ wᵀ` for `x: [..., in]`, `w: [out, in]`. Untracked f32 calls with few rows
+/// (decoding steps) take the weight-streaming kernel.
 fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let inner = dims[dims.len() - 1];
     let rows = x.elem_count() / inner;
-    let y = x.reshape((rows, inner))?.matmul(&weight.t()?)?;
+    let x2 = x.reshape((rows, inner))?;
+    let fast = rows <= MAX_ROWS
+        && !x.track_op()
+        && !weight.track_op()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && x.device().is_cpu()
+        && weight.is_contiguous();
+    let y = if fast { x2.contiguous()?.apply_op2_no_bwd(weight, &DecodeLinear)? } else { x2.matmul(&weight.t()?)? };
     let mut out = dims;
     *out.last_mut().expect("rank ≥ 1") = weight.dim(0)?;
     y.reshape(out)

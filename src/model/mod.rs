@@ -1,6 +1,7 @@
 //! The llama-family decoder, its loaders and its saver.
 
 pub mod config;
+pub mod decode_linear;
 pub mod llama;
 pub mod rope;
 
