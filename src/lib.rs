@@ -8,7 +8,9 @@
 // Index loops are the notation of the tabular maths (D(i≻j), Hessians); keep them.
 #![allow(clippy::needless_range_loop)]
 
+pub mod batch;
 pub mod cli;
+pub mod data;
 pub mod loss;
 pub mod model;
 pub mod plot;
@@ -17,3 +19,4 @@ pub mod sample;
 pub mod scalar;
 pub mod theory;
 pub mod tokenizer;
+pub mod train;

@@ -47,7 +47,7 @@ fn every_trainable_variable_receives_a_gradient() {
     let ids = Tensor::new(&[IDS, IDS.map(|i| (i * 7) % 61)], &Device::Cpu).unwrap();
     let select = Tensor::new(&[3u32, 4, 5, 15, 16], &Device::Cpu).unwrap();
     let targets = Tensor::new(&[4u32, 8, 9, 1, 0], &Device::Cpu).unwrap();
-    let lp = m.token_logprobs(&ids, &select, &targets).unwrap();
+    let lp = m.token_logprobs(&ids, &select, &targets, true).unwrap();
     let kl = m.next_token_logdist(&ids, &select, true).unwrap().exp().unwrap().sum_all().unwrap();
     let grads = (lp.sum_all().unwrap() + kl).unwrap().backward().unwrap();
     for (name, var) in m.named_vars() {
@@ -63,9 +63,10 @@ fn gradients_match_finite_differences_in_f64() {
     let ids = Tensor::new(&[IDS], &Device::Cpu).unwrap();
     let select = Tensor::new(&[2u32, 6, 10], &Device::Cpu).unwrap();
     let targets = Tensor::new(&[14u32, 60, 2], &Device::Cpu).unwrap();
-    let f =
-        |m: &Llama| m.token_logprobs(&ids, &select, &targets).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-    let grads = m.token_logprobs(&ids, &select, &targets).unwrap().sum_all().unwrap().backward().unwrap();
+    let f = |m: &Llama| {
+        m.token_logprobs(&ids, &select, &targets, true).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+    };
+    let grads = m.token_logprobs(&ids, &select, &targets, true).unwrap().sum_all().unwrap().backward().unwrap();
     let vars = m.named_vars();
     for (name, idx) in [
         ("model.layers.0.self_attn.q_proj.weight", 37),

@@ -4,6 +4,7 @@ pub mod args;
 pub mod generate;
 pub mod score;
 pub mod theory;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Log-probability of a text given a prompt, as the trainer computes it.
     Score(score::ScoreArgs),
+    /// Align a model with SPO (or DPO/IPO) on preference pairs.
+    Train(Box<train::TrainArgs>),
 }
 
 /// Runs a parsed command line.
@@ -33,5 +36,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Theory(args) => theory::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Score(args) => score::run(args),
+        Command::Train(args) => train::run(*args),
     }
 }

@@ -60,7 +60,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let input = Tensor::from_vec(ids.clone(), (1, n), dev)?;
     let select = Tensor::arange(context.len() as u32 - 1, n as u32 - 1, dev)?;
     let targets = Tensor::new(scored.as_slice(), dev)?;
-    let lp = loaded.model.token_logprobs(&input, &select, &targets)?.detach().to_vec1::<f32>()?;
+    let lp = loaded.model.token_logprobs(&input, &select, &targets, false)?.detach().to_vec1::<f32>()?;
     let out = Scored { total: lp.iter().map(|&x| f64::from(x)).sum(), tokens: scored, logprobs: lp };
     if args.json {
         println!("{}", serde_json::to_string(&out)?);

@@ -26,10 +26,24 @@ pub fn token_kl(policy_logprobs: &Tensor, ref_logprobs: &Tensor, mask: &Tensor) 
             mask.dims()
         );
     }
-    let diff = (policy_logprobs - ref_logprobs.detach())?;
-    let per_position = (policy_logprobs.exp()? * diff)?.sum(D::Minus1)?;
+    let per_position = position_kl(policy_logprobs, ref_logprobs)?;
     let mask = mask.to_dtype(per_position.dtype())?;
     (per_position * mask)?.sum_all()? / b as f64
+}
+
+/// `Σ_s π_θ(s)·(log π_θ(s) − log π_ref(s))` along the last axis: the exact KL of each
+/// next-token distribution. The reference is detached.
+pub fn position_kl(policy_logprobs: &Tensor, ref_logprobs: &Tensor) -> Result<Tensor> {
+    let diff = (policy_logprobs - ref_logprobs.detach())?;
+    (policy_logprobs.exp()? * diff)?.sum(D::Minus1)
+}
+
+/// [`token_kl`] on already-selected response positions: `policy_logprobs` and
+/// `ref_logprobs` are `[N, V]` rows from some of the `num_sequences` sampled
+/// sequences; returns their summed KL divided by `num_sequences`. Chunks of one
+/// sample batch therefore add up to the same value as one [`token_kl`] call.
+pub fn token_kl_rows(policy_logprobs: &Tensor, ref_logprobs: &Tensor, num_sequences: usize) -> Result<Tensor> {
+    position_kl(policy_logprobs, ref_logprobs)?.sum_all()? / num_sequences as f64
 }
 
 #[cfg(test)]
@@ -113,6 +127,24 @@ mod tests {
         }
         // positions 0..4 of sequence 0 are masked out at t = 0: zero gradient there
         assert!(grad[..5].iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn row_chunks_add_up_to_the_masked_batch_value() {
+        let p = log_softmax(&random((3, 4, 7), 5));
+        let q = log_softmax(&random((3, 4, 7), 6));
+        let whole = token_kl(&p, &q, &mask()).unwrap().to_scalar::<f64>().unwrap();
+        // the masked positions of mask(): (0,1..3), (1,2), (2,0..3)
+        let rows = |b: usize, t: &[usize]| -> (Tensor, Tensor) {
+            let idx = Tensor::new(t.iter().map(|&x| x as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+            (p.get(b).unwrap().index_select(&idx, 0).unwrap(), q.get(b).unwrap().index_select(&idx, 0).unwrap())
+        };
+        let mut total = 0.0;
+        for (b, t) in [(0, vec![1, 2, 3]), (1, vec![2]), (2, vec![0, 1, 2, 3])] {
+            let (pp, qq) = rows(b, &t);
+            total += token_kl_rows(&pp, &qq, 3).unwrap().to_scalar::<f64>().unwrap();
+        }
+        assert!((total - whole).abs() < 1e-12);
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod ops;
 pub mod spo;
 
 pub use baselines::{dpo_loss, ipo_loss};
-pub use kl::token_kl;
+pub use kl::{token_kl, token_kl_rows};
 pub use spo::{preference_weights, spo_preference_loss, Weighting};
 
 use candle_core::Tensor;

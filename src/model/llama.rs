@@ -190,6 +190,15 @@ impl Llama {
         })
     }
 
+    /// An independent copy with its own variables. (`clone()` shares them: training
+    /// a clone trains the original too.)
+    pub fn deep_copy(&self) -> anyhow::Result<Self> {
+        let vars: std::collections::HashMap<String, Var> = self.named_vars().into_iter().collect();
+        Self::from_tensors(self.config.clone(), self.dtype, &self.device, |name| {
+            Ok(vars[name].as_tensor().detach().copy()?)
+        })
+    }
+
     /// Architecture.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
@@ -314,10 +323,10 @@ impl Llama {
     /// Log-probabilities `[N]` of `targets: [N]` as next tokens at the flat
     /// positions `select: [N]` of `ids: [B, T]` (position `b·T + t` predicts the
     /// token after `ids[b, t]`). Only the `[N, V]` logits of the selected positions
-    /// are materialised. Differentiable w.r.t. every weight.
-    pub fn token_logprobs(&self, ids: &Tensor, select: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let rows = self.selected_hidden(ids, select, true)?;
-        let logp = log_softmax(&self.head(&rows, true)?, D::Minus1)?;
+    /// are materialised. Differentiable w.r.t. every weight when `track`.
+    pub fn token_logprobs(&self, ids: &Tensor, select: &Tensor, targets: &Tensor, track: bool) -> Result<Tensor> {
+        let rows = self.selected_hidden(ids, select, track)?;
+        let logp = log_softmax(&self.head(&rows, track)?, D::Minus1)?;
         logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)
     }
 

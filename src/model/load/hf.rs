@@ -86,6 +86,17 @@ pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
 /// temporary sibling and renamed into place, so `dir` is either the old or the new
 /// complete checkpoint, never a partial one.
 pub fn save(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
+    save_with(model, tokenizer, dir, |_| Ok(()))
+}
+
+/// [`save`], with `extra` writing more files (optimiser state, trainer state) into
+/// the temporary directory before the rename.
+pub fn save_with(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+    extra: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = dir.file_name().ok_or_else(|| anyhow!("{}: not a directory name", dir.display()))?.to_string_lossy();
@@ -95,6 +106,7 @@ pub fn save(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(&tmp)?;
     write_files(model, tokenizer, &tmp)?;
+    extra(&tmp)?;
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     if dir.exists() {
         std::fs::rename(dir, &old).with_context(|| format!("moving the previous {} aside", dir.display()))?;

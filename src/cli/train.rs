@@ -1,0 +1,242 @@
+//! `spo train`: SPO (or DPO/IPO) fine-tuning with a progress bar and metrics.
+
+use super::args::usage;
+use crate::train::config::{LossKind, Schedule, TrainConfig, WeightingKind};
+use crate::train::{Progress, Trainer};
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Flags of `spo train`. Every flag overrides the same key of `--config`; unset
+/// flags keep the file's value or the default shown.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// TOML file with any of the options below (keys as the long flags, with _ for -).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Starting model and reference: Hugging Face directory, GGUF, or llama2.c .bin.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Preference pairs: JSONL or Parquet in a TRL layout (standard, conversational, implicit prompt).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output directory: metrics.jsonl, checkpoint-NNNNNN/, final/.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Objective [default: spo].
+    #[arg(long, value_enum)]
+    pub loss: Option<LossKind>,
+    /// SPO α: the aligned model targets softmax(reward/α) [default: 0.03].
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// SPO: weight of KL(π_θ‖π_ref) on fresh samples; DPO/IPO: temperature β [default: 0.01].
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// SPO pair weights μ [default: uniform].
+    #[arg(long, value_enum)]
+    pub weighting: Option<WeightingKind>,
+    /// SoftImportance γ [default: 0.1].
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// Refresh the KL samples every K steps [default: 8, the paper's].
+    #[arg(long)]
+    pub kl_refresh: Option<usize>,
+    /// KL samples drawn from the current policy per refresh [default: 32, the paper's].
+    #[arg(long)]
+    pub kl_samples: Option<usize>,
+    /// Maximum new tokens of a KL sample [default: 128].
+    #[arg(long)]
+    pub kl_max_tokens: Option<usize>,
+    /// KL samples per forward/backward chunk [default: 4].
+    #[arg(long)]
+    pub kl_micro_batch: Option<usize>,
+    /// Optimiser steps [default: 100].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Pairs per optimiser step [default: 128, the paper's].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Pairs per forward/backward; gradients accumulate up to --batch-size [default: 8].
+    #[arg(long)]
+    pub micro_batch_size: Option<usize>,
+    /// Peak AdamW learning rate [default: 1e-5].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Linear warm-up steps [default: steps/8, the paper's 5k of 40k].
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// Learning-rate shape after warm-up [default: constant].
+    #[arg(long, value_enum)]
+    pub schedule: Option<Schedule>,
+    /// AdamW weight decay [default: 0].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip the global gradient norm (0: off) [default: 1].
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// Prompt + response tokens; longer pairs are truncated [default: 512].
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Prompt tokens kept (its end) when truncating [default: 256].
+    #[arg(long)]
+    pub max_prompt_length: Option<usize>,
+    /// Seed of data order, split and sampling [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Fraction of pairs held out for evaluation; 0 trains on every pair [default: 0.05].
+    #[arg(long)]
+    pub eval_fraction: Option<f64>,
+    /// Evaluate on the held-out pairs every M steps (0: at the end only) [default: 50].
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Checkpoint every N steps (0: at the end only) [default: 100].
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// Drop malformed records (counted) instead of refusing the data file.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Write into an output directory that holds another run.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Continue from a checkpoint directory (DIR/checkpoint-NNNNNN).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Stop with a checkpoint after this step, as an interruption would (time-boxed runs).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// Device: cpu (cuda needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+macro_rules! overlay {
+    ($cfg:ident, $args:ident, $($field:ident),*) => {
+        $( if let Some(v) = $args.$field.clone() { $cfg.$field = v; } )*
+    };
+}
+
+/// The configuration: defaults ← TOML file ← flags.
+pub fn config(args: &TrainArgs) -> Result<TrainConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).map_err(|e| super::args::UsageError(format!("--config {}: {e}", path.display())))?
+        }
+        None => TrainConfig::default(),
+    };
+    overlay!(
+        cfg,
+        args,
+        model,
+        data,
+        out,
+        loss,
+        alpha,
+        beta,
+        weighting,
+        gamma,
+        kl_refresh,
+        kl_samples,
+        kl_max_tokens,
+        kl_micro_batch,
+        steps,
+        batch_size,
+        micro_batch_size,
+        lr,
+        schedule,
+        weight_decay,
+        max_grad_norm,
+        max_length,
+        max_prompt_length,
+        seed,
+        eval_fraction,
+        eval_every,
+        save_every
+    );
+    if args.warmup_steps.is_some() {
+        cfg.warmup_steps = args.warmup_steps;
+    }
+    cfg.skip_invalid |= args.skip_invalid;
+    cfg.overwrite |= args.overwrite;
+    if cfg.model.as_os_str().is_empty() || cfg.data.as_os_str().is_empty() {
+        return usage("--model and --data are required (as flags or in --config)");
+    }
+    cfg.validate().or_else(|e| usage(format!("--{}", e.replace('_', "-"))))?;
+    Ok(cfg)
+}
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn step(&mut self, step: usize, total: usize, m: &Map<String, Value>) {
+        let f = |k: &str| m.get(k).and_then(Value::as_f64);
+        self.0.set_length(total as u64);
+        self.0.set_position(step as u64);
+        let mut msg = format!("loss {:.4}", f("loss").unwrap_or(f64::NAN));
+        if let Some(kl) = f("kl") {
+            msg += &format!(" kl {kl:.4}");
+        }
+        msg += &format!(" acc {:.2}", f("rewards/accuracies").unwrap_or(f64::NAN));
+        if let Some(a) = f("eval/accuracy") {
+            msg += &format!(" eval-acc {a:.2}");
+        }
+        self.0.set_message(msg);
+    }
+
+    fn note(&mut self, msg: &str) {
+        // a hidden bar (stderr is not a terminal) swallows println
+        if self.0.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            self.0.println(msg);
+        }
+    }
+}
+
+/// Runs `spo train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let cfg = config(&args)?;
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        other => {
+            return usage(format!(
+                "--device {other}: this build supports cpu only (build with --features cuda for GPUs)"
+            ))
+        }
+    };
+    let run_file = cfg.out.join("run_config.json");
+    let this_run = serde_json::to_value(&cfg)?;
+    if let (Ok(text), None, false) = (std::fs::read_to_string(&run_file), &args.resume, cfg.overwrite) {
+        let previous: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let what = if previous == this_run { "this run" } else { "a different run" };
+        return usage(format!(
+            "--out {} already holds {what}; pass --resume {}/checkpoint-NNNNNN to continue it or --overwrite to start over",
+            cfg.out.display(),
+            cfg.out.display()
+        ));
+    }
+    let bar = ProgressBar::new(cfg.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}, {per_sec}] {msg}")
+            .expect("valid template"),
+    );
+    let mut progress = Bar(bar);
+    let mut trainer =
+        Trainer::new(cfg.clone(), candle_core::DType::F32, &device, args.resume.as_deref(), &mut progress)?;
+    let (n_train, n_eval) = trainer.sizes();
+    progress.note(&format!("{n_train} training pairs, {n_eval} held out; {:?} loss", cfg.loss));
+    std::fs::create_dir_all(&cfg.out)?;
+    std::fs::write(&run_file, serde_json::to_string_pretty(&this_run)?)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // Ctrl-C finishes the current step, writes a checkpoint and exits cleanly.
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    trainer.run(&stop, args.stop_after, &mut progress)?;
+    progress.0.finish();
+    Ok(())
+}
