@@ -1,6 +1,6 @@
 """Reference logits of spo's tiny random test model, computed by transformers.
 
-    cargo run --release --example save_tiny_model -- /tmp/tiny
+    cargo run --release --example save_random_model -- tiny /tmp/tiny
     python scripts/make_tiny_reference.py /tmp/tiny > tests/fixtures/tiny_hf_logits.json
 
 The Rust test rebuilds the same model (seed 7) and compares its logits; this checks

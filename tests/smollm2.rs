@@ -69,3 +69,25 @@ fn greedy_continuations_match_transformers() {
     }
     assert_eq!(out[2].text, "The capital of France is Paris.");
 }
+
+#[test]
+fn conversational_records_render_like_trl() {
+    let tok = &model().tokenizer;
+    let dir = common::temp_dir("conv");
+    let rec = serde_json::json!({
+        "prompt": [{"role": "user", "content": "What is the capital of France?"}],
+        "chosen": [{"role": "assistant", "content": "Paris."}],
+        "rejected": [{"role": "assistant", "content": "Lyon."}],
+    });
+    std::fs::write(dir.join("c.jsonl"), rec.to_string()).unwrap();
+    let ds = spo::data::read(&dir.join("c.jsonl"), Some(tok)).unwrap();
+    let p = &ds.pairs[0];
+    assert!(
+        p.prompt.starts_with("<|im_start|>system\n")
+            && p.prompt
+                .ends_with("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"),
+        "{:?}",
+        p.prompt
+    );
+    assert_eq!((p.chosen.as_str(), p.rejected.as_str()), ("Paris.<|im_end|>\n", "Lyon.<|im_end|>\n"));
+}

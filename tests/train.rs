@@ -228,6 +228,7 @@ fn metric_lines(path: &Path) -> Vec<Value> {
             let o = v.as_object_mut().unwrap();
             o.remove("tokens_per_second");
             o.remove("step_seconds");
+            o.remove("kl_sample_seconds");
             v
         })
         .collect()

@@ -75,6 +75,22 @@ pub fn positive(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `--device`: `cpu`, or `cuda` / `cuda:N` when built with the `cuda` feature.
+pub fn device(spec: &str) -> anyhow::Result<candle_core::Device> {
+    let cuda_index = match spec {
+        "cpu" => return Ok(candle_core::Device::Cpu),
+        "cuda" => Some(0),
+        s => s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()),
+    };
+    match cuda_index {
+        None => usage(format!("--device {spec}: expected cpu, cuda or cuda:N")),
+        #[cfg(feature = "cuda")]
+        Some(n) => Ok(candle_core::Device::new_cuda(n)?),
+        #[cfg(not(feature = "cuda"))]
+        Some(_) => usage(format!("--device {spec}: this build has no GPU support (rebuild with --features cuda)")),
+    }
+}
+
 /// A comma-separated list of non-negative integers.
 pub fn count_list(s: &str) -> Result<Vec<usize>, String> {
     s.split(',')

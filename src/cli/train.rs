@@ -109,7 +109,7 @@ pub struct TrainArgs {
     /// Stop with a checkpoint after this step, as an interruption would (time-boxed runs).
     #[arg(long)]
     pub stop_after: Option<usize>,
-    /// Device: cpu (cuda needs a build with the `cuda` feature).
+    /// Device: cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

@@ -336,10 +336,12 @@ impl Trainer {
             rw += w * out.stats.reward_chosen.unwrap_or(0.0);
             rl += w * out.stats.reward_rejected.unwrap_or(0.0);
         }
-        let (mut kl, mut entropy) = (None, None);
+        let (mut kl, mut entropy, mut sample_secs) = (None, None, None);
         if c.uses_kl() {
             if self.step.is_multiple_of(c.kl_refresh) || self.kl_samples.is_empty() {
+                let t0 = std::time::Instant::now();
                 self.refresh_kl_samples()?;
+                sample_secs = Some(t0.elapsed().as_secs_f64());
             }
             let (k, e) = self.kl_term(&mut acc)?;
             if !k.is_finite() {
@@ -381,6 +383,10 @@ impl Trainer {
         m.insert("learning_rate".into(), json!(lr));
         m.insert("tokens_per_second".into(), json!(tokens as f64 / secs));
         m.insert("step_seconds".into(), json!(secs));
+        if let Some(t) = sample_secs {
+            // the refresh's sampling time, included in step_seconds, amortised over kl_refresh steps
+            m.insert("kl_sample_seconds".into(), json!(t));
+        }
         Ok(m)
     }
 
