@@ -133,6 +133,37 @@ fn hf_save_then_load_gives_identical_logits() {
     assert!(std::fs::read_dir(&dir).unwrap().count() == 1, "no temporary directories left behind");
 }
 
+#[test]
+fn sharded_safetensors_with_an_index_load() {
+    let dir = common::temp_dir("sharded");
+    let m = tiny(DType::F32);
+    let ckpt = dir.join("ckpt");
+    hf::save(&m, &toy_tokenizer(), &ckpt).unwrap();
+    // split model.safetensors into two shards + index, as transformers writes large models
+    let all = candle_core::safetensors::load(ckpt.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (file, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
+        let shard: std::collections::HashMap<String, Tensor> =
+            part.iter().map(|n| ((*n).clone(), all[*n].clone())).collect();
+        candle_core::safetensors::save(&shard, ckpt.join(file)).unwrap();
+        for n in part {
+            map.insert((*n).clone(), serde_json::Value::String(file.into()));
+        }
+    }
+    std::fs::remove_file(ckpt.join("model.safetensors")).unwrap();
+    std::fs::write(ckpt.join("model.safetensors.index.json"), serde_json::json!({"weight_map": map}).to_string())
+        .unwrap();
+    let loaded = load(&ckpt, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(logits(&loaded.model, &IDS), logits(&m, &IDS));
+    // a missing shard is named
+    std::fs::remove_file(ckpt.join("model-00002-of-00002.safetensors")).unwrap();
+    let err = format!("{:#}", load(&ckpt, DType::F32, &Device::Cpu).unwrap_err());
+    assert!(err.contains("model-00002-of-00002.safetensors") && err.contains("missing"), "{err}");
+}
+
 /// Writes the model as llama.cpp would: GGUF names, q/k permuted to interleaved RoPE.
 fn write_gguf(m: &Llama, path: &Path) {
     let c = m.config();
