@@ -11,6 +11,8 @@
 pub mod batch;
 pub mod cli;
 pub mod data;
+pub mod jsonl;
+pub mod judge;
 pub mod loss;
 pub mod model;
 pub mod plot;

@@ -2,6 +2,8 @@
 
 pub mod args;
 pub mod generate;
+pub mod judge;
+pub mod pairs;
 pub mod score;
 pub mod theory;
 pub mod train;
@@ -26,6 +28,10 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Log-probability of a text given a prompt, as the trainer computes it.
     Score(score::ScoreArgs),
+    /// Sample candidate pairs (two independent responses per prompt), resumably.
+    Pairs(pairs::PairsArgs),
+    /// Judge candidate pairs in both orders and keep the consistent, clear ones.
+    Judge(judge::JudgeArgs),
     /// Align a model with SPO (or DPO/IPO) on preference pairs.
     Train(Box<train::TrainArgs>),
 }
@@ -37,5 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Score(args) => score::run(args),
         Command::Train(args) => train::run(*args),
+        Command::Pairs(args) => pairs::run(args),
+        Command::Judge(args) => judge::run(args),
     }
 }

@@ -1,0 +1,118 @@
+//! `spo pairs` and `spo judge` on SmolLM2: interrupted runs resume without loss or
+//! duplicates, and the output loads in the trainer's data reader.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn lines(p: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn pairs_killed_mid_run_resume_to_the_same_file() {
+    let model = common::smollm2();
+    let dir = common::temp_dir("pairs");
+    let args = |out: &std::path::Path| -> Vec<String> {
+        [
+            "pairs",
+            "--model",
+            model.to_str().unwrap(),
+            "--prefix",
+            "Once upon a time",
+            "--num-pairs",
+            "6",
+            "--max-tokens",
+            "24",
+            "--seed",
+            "4",
+            "--batch-size",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let whole = dir.join("whole.jsonl");
+    assert!(Command::new(env!("CARGO_BIN_EXE_spo")).args(args(&whole)).output().unwrap().status.success());
+    // kill as soon as the first batch is on disk, then rerun
+    let cut = dir.join("cut.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spo")).args(args(&cut)).stderr(Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while lines(&cut).len() < 2 && t0.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = lines(&cut).len();
+    assert!(partial < 6, "killed too late to test anything");
+    assert!(Command::new(env!("CARGO_BIN_EXE_spo")).args(args(&cut)).output().unwrap().status.success());
+    let (a, b) = (lines(&whole), lines(&cut));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b, "resumed output equals the uninterrupted one");
+    let idx: Vec<u64> = b.iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(idx, vec![0, 1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn judge_resumes_from_a_torn_log_and_writes_trl_rows() {
+    let dir = common::temp_dir("judge");
+    let mature = "The lighthouse keeper found a letter addressed to a woman who had died forty years earlier. He read it twice, then walked to the village archive, uncertain whether he wanted the truth or merely an ending. The archivist listened without interrupting, then fetched a ledger nobody had opened in decades.";
+    let childish = "The dog was happy. The dog was very very happy! The dog ate cake. Yay! The end.";
+    let rows: Vec<String> = (0..6)
+        .map(|k| {
+            let (a, b) = if k % 2 == 0 { (mature, childish) } else { (childish, mature) };
+            let b = if k == 5 { "" } else { b };
+            serde_json::json!({"index": k, "prompt": "Write a story.", "response_a": a, "response_b": b, "prefix": false}).to_string()
+        })
+        .collect();
+    let pairs = dir.join("pairs.jsonl");
+    std::fs::write(&pairs, rows.join("\n") + "\n").unwrap();
+    let run = |out: &str| {
+        common::spo(&[
+            "judge",
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--judge",
+            "rules",
+            "--out",
+            dir.join(out).to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let fresh = run("fresh.jsonl");
+    assert!(fresh.status.success(), "{}", String::from_utf8_lossy(&fresh.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&fresh.stdout).unwrap();
+    assert_eq!(report["report"]["judged"], 6);
+    assert_eq!(report["report"]["kept"], 5);
+    assert_eq!(report["report"]["dropped_failed"], 1, "the empty story is counted, not scored");
+    let kept = lines(&dir.join("fresh.jsonl"));
+    assert_eq!(kept.len(), 5);
+    for r in &kept {
+        assert_eq!(r["chosen"], mature);
+        let pos = r["chosen_position"].as_array().unwrap();
+        assert!(
+            pos == &vec![serde_json::json!(1), serde_json::json!(2)]
+                || pos == &vec![serde_json::json!(2), serde_json::json!(1)]
+        );
+        assert!(r["score_chosen"][0].as_f64().unwrap() > r["score_rejected"][0].as_f64().unwrap());
+    }
+    // a run cut after 3 verdicts, the last one torn
+    let log = dir.join("fresh.jsonl.verdicts.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let keep: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(dir.join("cut.jsonl.verdicts.jsonl"), format!("{}\n{{\"index\": 3, \"ab\"", keep.join("\n")))
+        .unwrap();
+    assert!(run("cut.jsonl").status.success());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("cut.jsonl")).unwrap(),
+        std::fs::read_to_string(dir.join("fresh.jsonl")).unwrap()
+    );
+    assert_eq!(lines(&dir.join("cut.jsonl.verdicts.jsonl")).len(), 6, "no duplicate verdicts");
+    // the output is training data
+    let ds = spo::data::read(&dir.join("fresh.jsonl"), None).unwrap();
+    assert_eq!(ds.pairs.len(), 5);
+}
