@@ -19,6 +19,7 @@ pub mod plot;
 pub mod runtime;
 pub mod sample;
 pub mod scalar;
+pub mod serve;
 pub mod theory;
 pub mod tokenizer;
 pub mod train;

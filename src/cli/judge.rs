@@ -5,6 +5,7 @@
 use super::args::usage;
 use super::pairs::CandidatePair;
 use crate::judge::filter::{decide, Decision, FilterRule, Report};
+use crate::judge::openai::{OpenAiConfig, OpenAiJudge, PAPER_PROMPT};
 use crate::judge::rules::RulesJudge;
 use crate::judge::{Judge, Verdict};
 use anyhow::{Context, Result};
@@ -19,6 +20,8 @@ use std::path::{Path, PathBuf};
 pub enum JudgeKind {
     /// Offline text-statistics judge for the paper's criterion (spo::judge::rules).
     Rules,
+    /// Any OpenAI-compatible chat-completions endpoint (--judge-url, --judge-model).
+    Openai,
 }
 
 /// Flags of `spo judge`.
@@ -42,6 +45,33 @@ pub struct JudgeArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1 (`spo serve`).
+    #[arg(long)]
+    pub judge_url: Option<String>,
+    /// Model name to request.
+    #[arg(long, default_value = "gpt-3.5-turbo")]
+    pub judge_model: String,
+    /// Environment variable holding the API key (never logged).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub judge_api_key_env: String,
+    /// Prompt template replacing the paper's ({story_1}, {story_2}, {prompt}).
+    #[arg(long)]
+    pub judge_prompt: Option<PathBuf>,
+    /// Verdict cache (JSONL) [default: OUT.judge-cache.jsonl].
+    #[arg(long)]
+    pub judge_cache: Option<PathBuf>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Attempts per verdict (errors, 429/5xx, unparseable answers).
+    #[arg(long, default_value_t = 3)]
+    pub attempts: usize,
+    /// Seconds before a request times out.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    /// Maximum tokens of each judge answer.
+    #[arg(long, default_value_t = 512)]
+    pub judge_max_tokens: usize,
 }
 
 /// One pair's judging record.
@@ -53,10 +83,54 @@ struct Record {
     error: Option<String>,
 }
 
-fn log_path(out: &Path) -> PathBuf {
+/// `OUT` + suffix, beside it.
+fn sibling(out: &Path, suffix: &str) -> PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".verdicts.jsonl");
+    name.push(suffix);
     out.with_file_name(name)
+}
+
+/// Judges each pending pair in both orders with `workers` threads, appending every
+/// record to the log as it arrives (so a kill loses at most the pairs in flight).
+fn judge_all(
+    judge: &(dyn Judge + Sync),
+    pending: &[&CandidatePair],
+    workers: usize,
+    log: &Path,
+) -> Result<Vec<Record>> {
+    let story = |p: &CandidatePair, r: &str| if p.prefix { format!("{}{r}", p.prompt) } else { r.to_string() };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel::<Record>();
+    let mut out = Vec::with_capacity(pending.len());
+    std::thread::scope(|scope| -> Result<()> {
+        for _ in 0..workers.min(pending.len().max(1)) {
+            let tx = tx.clone();
+            let next = &next;
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(p) = pending.get(i) else { break };
+                let (a, b) = (story(p, &p.response_a), story(p, &p.response_b));
+                let (ab, ba) = (judge.judge(&p.prompt, &a, &b), judge.judge(&p.prompt, &b, &a));
+                let error = [&ab, &ba].iter().find_map(|r| r.as_ref().err().map(|e| format!("{e:#}")));
+                if tx.send(Record { index: p.index, ab: ab.ok(), ba: ba.ok(), error }).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        for (k, rec) in rx.iter().enumerate() {
+            if let Some(e) = &rec.error {
+                eprintln!("pair {}: {e}", rec.index);
+            }
+            crate::jsonl::append(log, std::slice::from_ref(&rec))?;
+            out.push(rec);
+            if (k + 1) % 10 == 0 {
+                eprintln!("{}/{} pairs judged", k + 1, pending.len());
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Runs `spo judge`.
@@ -73,25 +147,37 @@ pub fn run(args: JudgeArgs) -> Result<()> {
                 .with_context(|| format!("{}:{}: not a candidate pair", args.pairs.display(), i + 1))
         })
         .collect::<Result<_>>()?;
-    let judge: Box<dyn Judge> = match args.judge {
+    let judge: Box<dyn Judge + Sync> = match args.judge {
         JudgeKind::Rules => Box::new(RulesJudge),
+        JudgeKind::Openai => {
+            let Some(url) = args.judge_url.clone() else { return usage("--judge openai needs --judge-url") };
+            let template = match &args.judge_prompt {
+                Some(p) => {
+                    std::fs::read_to_string(p).with_context(|| format!("reading --judge-prompt {}", p.display()))?
+                }
+                None => PAPER_PROMPT.to_string(),
+            };
+            Box::new(OpenAiJudge::new(OpenAiConfig {
+                url,
+                model: args.judge_model.clone(),
+                api_key: std::env::var(&args.judge_api_key_env).ok(),
+                template,
+                attempts: args.attempts,
+                timeout: std::time::Duration::from_secs(args.timeout),
+                max_tokens: args.judge_max_tokens,
+                cache: Some(args.judge_cache.clone().unwrap_or_else(|| sibling(&args.out, ".judge-cache.jsonl"))),
+            })?)
+        }
     };
-    let log = log_path(&args.out);
+    let log = sibling(&args.out, ".verdicts.jsonl");
     let mut records: Vec<Record> = crate::jsonl::recover(&log)?
         .into_iter()
         .map(serde_json::from_value)
         .collect::<Result<_, _>>()
         .with_context(|| format!("{}: corrupt verdict log", log.display()))?;
     let done: HashSet<usize> = records.iter().map(|r| r.index).collect();
-    let story = |p: &CandidatePair, r: &str| if p.prefix { format!("{}{r}", p.prompt) } else { r.to_string() };
-    for p in pairs.iter().filter(|p| !done.contains(&p.index)) {
-        let (a, b) = (story(p, &p.response_a), story(p, &p.response_b));
-        let (ab, ba) = (judge.judge(&p.prompt, &a, &b), judge.judge(&p.prompt, &b, &a));
-        let error = [&ab, &ba].iter().find_map(|r| r.as_ref().err().map(|e| format!("{e:#}")));
-        let rec = Record { index: p.index, ab: ab.ok(), ba: ba.ok(), error };
-        crate::jsonl::append(&log, std::slice::from_ref(&rec))?;
-        records.push(rec);
-    }
+    let pending: Vec<&CandidatePair> = pairs.iter().filter(|p| !done.contains(&p.index)).collect();
+    records.extend(judge_all(judge.as_ref(), &pending, args.concurrency.max(1), &log)?);
     let decisions: Vec<Decision> = records
         .iter()
         .map(|r| match (&r.ab, &r.ba) {

@@ -5,6 +5,7 @@ pub mod generate;
 pub mod judge;
 pub mod pairs;
 pub mod score;
+pub mod serve;
 pub mod theory;
 pub mod train;
 
@@ -32,6 +33,8 @@ pub enum Command {
     Pairs(pairs::PairsArgs),
     /// Judge candidate pairs in both orders and keep the consistent, clear ones.
     Judge(judge::JudgeArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
     /// Align a model with SPO (or DPO/IPO) on preference pairs.
     Train(Box<train::TrainArgs>),
 }
@@ -45,5 +48,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(*args),
         Command::Pairs(args) => pairs::run(args),
         Command::Judge(args) => judge::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

@@ -2,6 +2,7 @@
 //! kept only when both verdicts agree on a clear winner (section 6).
 
 pub mod filter;
+pub mod openai;
 pub mod rules;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,194 @@
+//! `spo serve` (SmolLM2, real) and `spo judge --judge openai` against it and against
+//! a scripted endpoint (retries on 503, parsing, the cache, a 401).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl").args(["-s", "-w", "\n%{http_code}"]).args(args).output().expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn start_serve(port: u16, extra: &[&str]) -> Server {
+    let model = common::smollm2();
+    let child = Command::new(env!("CARGO_BIN_EXE_spo"))
+        .args(["serve", "--model", model.to_str().unwrap(), "--port", &port.to_string(), "--max-tokens", "8"])
+        .args(extra)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !curl(&[&format!("http://127.0.0.1:{port}/v1/models")]).ends_with("200")
+        && !curl(&[&format!("http://127.0.0.1:{port}/v1/models")]).ends_with("401")
+    {
+        assert!(t0.elapsed() < Duration::from_secs(60), "server did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Server(child)
+}
+
+fn pairs_file(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let rows: Vec<String> = (0..n)
+        .map(|k| serde_json::json!({"index": k, "prompt": "Once upon a time", "response_a": format!(", a fox number {k} ran."), "response_b": ", it rained.", "prefix": true}).to_string())
+        .collect();
+    let p = dir.join("pairs.jsonl");
+    std::fs::write(&p, rows.join("\n") + "\n").unwrap();
+    p
+}
+
+#[test]
+fn serve_speaks_openai_and_judge_uses_it() {
+    let dir = common::temp_dir("serve");
+    let _server = start_serve(18431, &[]);
+    let base = "http://127.0.0.1:18431/v1";
+    assert!(curl(&[&format!("{base}/models")]).contains("\"object\":\"list\""));
+    let chat = curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/chat/completions"),
+        "-d",
+        r#"{"messages":[{"role":"user","content":"What is the capital of France?"}],"temperature":0,"max_tokens":12}"#,
+    ]);
+    assert!(chat.contains("The capital of France is Paris.") && chat.ends_with("200"), "{chat}");
+    let bad = curl(&["-X", "POST", &format!("{base}/chat/completions"), "-d", "{not json"]);
+    assert!(bad.contains("\"error\"") && bad.ends_with("400"), "{bad}");
+    let wrong = curl(&["-X", "POST", &format!("{base}/chat/completions"), "-d", r#"{"messages": "hi"}"#]);
+    assert!(wrong.ends_with("400"), "{wrong}");
+    // the tiny model rarely answers in the score format: unparseable verdicts are
+    // counted as failed, never guessed, and the run completes with a report
+    let pairs = pairs_file(&dir, 2);
+    let out = common::spo(&[
+        "judge",
+        "--pairs",
+        pairs.to_str().unwrap(),
+        "--judge",
+        "openai",
+        "--judge-url",
+        base,
+        "--judge-model",
+        "smol",
+        "--out",
+        dir.join("prefs.jsonl").to_str().unwrap(),
+        "--attempts",
+        "1",
+        "--judge-max-tokens",
+        "8",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["report"]["judged"], 2);
+    let log = std::fs::read_to_string(dir.join("prefs.jsonl.verdicts.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2);
+}
+
+#[test]
+fn serve_requires_the_api_key_when_given() {
+    let _server = start_serve(18432, &["--api-key", "sekrit"]);
+    let base = "http://127.0.0.1:18432/v1";
+    assert!(curl(&[&format!("{base}/models")]).ends_with("401"));
+    assert!(curl(&["-H", "Authorization: Bearer sekrit", &format!("{base}/models")]).ends_with("200"));
+}
+
+/// A scripted endpoint: 503 on every first attempt, then a well-formed answer whose
+/// scores favour the story that mentions a fox. Counts requests.
+fn scripted(port: u16, requests: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let server = tiny_http::Server::http(format!("127.0.0.1:{port}")).unwrap();
+    std::thread::spawn(move || {
+        for mut req in server.incoming_requests() {
+            let n = requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut body = String::new();
+            req.as_reader().read_to_string(&mut body).unwrap();
+            if req.headers().iter().all(|h| h.value.as_str() != "Bearer k") {
+                let _ = req.respond(tiny_http::Response::from_string("{}").with_status_code(401));
+                continue;
+            }
+            if n.is_multiple_of(2) {
+                let _ = req.respond(tiny_http::Response::from_string("busy").with_status_code(503));
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let text = v["messages"][0]["content"].as_str().unwrap();
+            let (s1, s2) = if text.find("fox").unwrap() < text.find("rained").unwrap() { (8, 3) } else { (3, 8) };
+            let answer = format!(
+                "Both fine.\n**Score of story 1:** {s1}\nScore of story 2: {s2}/10\nStory {} is better.",
+                if s1 > s2 { 1 } else { 2 }
+            );
+            let reply = serde_json::json!({"choices": [{"message": {"role": "assistant", "content": answer}}]});
+            let _ = req.respond(tiny_http::Response::from_string(reply.to_string()));
+        }
+    });
+}
+
+#[test]
+fn retries_parsing_cache_and_auth_errors() {
+    let dir = common::temp_dir("scripted");
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    scripted(18433, requests.clone());
+    let pairs = pairs_file(&dir, 3);
+    let run_at = |url: &str, out: &str, key: &str| {
+        Command::new(env!("CARGO_BIN_EXE_spo"))
+            .args([
+                "judge",
+                "--pairs",
+                pairs.to_str().unwrap(),
+                "--judge",
+                "openai",
+                "--judge-url",
+                url,
+                "--out",
+                dir.join(out).to_str().unwrap(),
+                "--timeout",
+                "5",
+                "--judge-cache",
+                dir.join("cache.jsonl").to_str().unwrap(),
+                "--concurrency",
+                "1",
+                "--attempts",
+                "3",
+                "--json",
+            ])
+            .env("OPENAI_API_KEY", key)
+            .output()
+            .unwrap()
+    };
+    let run = |out: &str, key: &str| run_at("http://127.0.0.1:18433/v1", out, key);
+    let out = run("a.jsonl", "k");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["report"]["kept"], 3, "{report}");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 12, "6 verdicts, each after one 503");
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("a.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rows
+        .iter()
+        .all(|r| r["chosen"].as_str().unwrap().contains("fox") && r["score_chosen"] == serde_json::json!([8.0, 8.0])));
+    // a fresh output file, same cache: nothing is asked again
+    let out = run("b.jsonl", "k");
+    assert!(out.status.success());
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 12, "served from the cache");
+    // a wrong key: every verdict fails with a clear message, counted, no crash
+    std::fs::remove_file(dir.join("cache.jsonl")).unwrap();
+    let out = run("c.jsonl", "wrong");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("check the API key"));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["report"]["dropped_failed"], 3);
+    // an unreachable endpoint
+    let out = run_at("http://127.0.0.1:9/v1", "d.jsonl", "k");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unreachable"));
+}
