@@ -5,10 +5,12 @@
 //!
 //! `10 · (0.30·maturity + 0.25·variety + 0.20·(1 − repetition) + 0.15·length + 0.10·complete) − 3·childish`
 //!
-//! - maturity: Flesch–Kincaid grade level, grade 2 → 0, grade 10 and up → 1;
-//! - variety: moving-average type-token ratio over 50-word windows, 0.5 → 0, 0.8 → 1;
+//! - maturity: Flesch–Kincaid grade level, grade 4 → 0, grade 10 and up → 1;
+//! - variety: moving-average type-token ratio over 50-word windows, 0.65 → 0, 0.9 → 1;
 //! - repetition: share of repeated word trigrams, 0 → 0, 30% and up → 1;
-//! - length: words / 80, capped at 1;
+//! - length: words / 120, capped at 1;
+//!
+//! The ranges are set so that SmolLM2's stories spread over most of 0–10.
 //! - complete: 1 when the story ends with terminal punctuation;
 //! - childish: nursery markers ("the end", "very very", "yay", "happily ever
 //!   after", "best friends forever") / 3 + the share of sentences ending in "!", capped at 1.
@@ -90,10 +92,10 @@ pub fn stats(text: &str) -> TextStats {
 /// Score 0–10 of a text (see the module docs for the formula).
 pub fn score(s: &TextStats) -> f64 {
     let clamp = |x: f64| x.clamp(0.0, 1.0);
-    let maturity = clamp((s.grade - 2.0) / 8.0);
-    let variety = clamp((s.variety - 0.5) / 0.3);
+    let maturity = clamp((s.grade - 4.0) / 6.0);
+    let variety = clamp((s.variety - 0.65) / 0.25);
     let repetition = clamp(s.repetition / 0.3);
-    let length = clamp(s.words as f64 / 80.0);
+    let length = clamp(s.words as f64 / 120.0);
     let complete = if s.complete { 1.0 } else { 0.0 };
     let raw = 10.0 * (0.30 * maturity + 0.25 * variety + 0.20 * (1.0 - repetition) + 0.15 * length + 0.10 * complete)
         - 3.0 * s.childish;
@@ -106,7 +108,7 @@ pub struct RulesJudge;
 
 impl Judge for RulesJudge {
     fn name(&self) -> String {
-        "rules-v1".into()
+        "rules-v2".into()
     }
 
     fn judge(&self, _prompt: &str, story_1: &str, story_2: &str) -> Result<Verdict> {
