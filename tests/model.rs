@@ -5,6 +5,7 @@ mod common;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
+use spo::model::load::gguf::{gguf_name, Heads};
 use spo::model::load::{hf, llama2c, permute};
 use spo::model::{load, KvCache, Llama, LlamaConfig};
 use spo::tokenizer::build::{sentencepiece_bpe, toy_vocabulary};
@@ -188,27 +189,11 @@ fn write_gguf(m: &Llama, path: &Path) {
     let mut tensors = Vec::new();
     for (name, var) in m.named_vars() {
         let t = var.as_tensor().detach();
-        let (gguf, t) = match name.as_str() {
-            "model.embed_tokens.weight" => ("token_embd.weight".to_string(), t),
-            "model.norm.weight" => ("output_norm.weight".to_string(), t),
-            "lm_head.weight" => ("output.weight".to_string(), t),
-            n => {
-                let rest = n.strip_prefix("model.layers.").unwrap();
-                let (i, field) = rest.split_once('.').unwrap();
-                let (g, t) = match field {
-                    "input_layernorm.weight" => ("attn_norm", t),
-                    "self_attn.q_proj.weight" => ("attn_q", permute(&t, c.num_attention_heads).unwrap()),
-                    "self_attn.k_proj.weight" => ("attn_k", permute(&t, c.num_key_value_heads).unwrap()),
-                    "self_attn.v_proj.weight" => ("attn_v", t),
-                    "self_attn.o_proj.weight" => ("attn_output", t),
-                    "post_attention_layernorm.weight" => ("ffn_norm", t),
-                    "mlp.gate_proj.weight" => ("ffn_gate", t),
-                    "mlp.up_proj.weight" => ("ffn_up", t),
-                    "mlp.down_proj.weight" => ("ffn_down", t),
-                    other => panic!("{other}"),
-                };
-                (format!("blk.{i}.{g}.weight"), t)
-            }
+        let (gguf, heads) = gguf_name(&name, c.tie_word_embeddings);
+        let t = match heads {
+            Some(Heads::Q) => permute(&t, c.num_attention_heads).unwrap(),
+            Some(Heads::K) => permute(&t, c.num_key_value_heads).unwrap(),
+            None => t,
         };
         tensors.push((gguf, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
     }

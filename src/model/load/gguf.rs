@@ -65,14 +65,18 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
     Ok(Loaded { model, tokenizer })
 }
 
-enum Heads {
+/// Which attention projection a tensor is (its rows carry RoPE pairs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heads {
+    /// `W_q`, permuted over the query heads.
     Q,
+    /// `W_k`, permuted over the key/value heads.
     K,
 }
 
-/// GGUF tensor name for a Hugging Face weight name, and whether it needs the RoPE
-/// un-permutation.
-fn gguf_name(hf: &str, tied: bool) -> (String, Option<Heads>) {
+/// GGUF (llama.cpp) tensor name for a Hugging Face weight name, and whether its
+/// rows are RoPE-permuted.
+pub fn gguf_name(hf: &str, tied: bool) -> (String, Option<Heads>) {
     if hf == "model.embed_tokens.weight" {
         return ("token_embd.weight".into(), None);
     }
