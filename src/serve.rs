@@ -66,14 +66,10 @@ fn complete(model: &Loaded, cfg: &ServeConfig, chat: bool, req: &Value) -> Resul
         let messages: Vec<Message> = serde_json::from_value(req["messages"].clone())
             .map_err(|_| anyhow::anyhow!("\"messages\" must be a list of {{\"role\", \"content\"}} objects"))?;
         anyhow::ensure!(!messages.is_empty(), "\"messages\" is empty");
-        tok.encode(&tok.apply_chat_template(&messages, true)?, false)?
+        tok.encode_chat(&messages)?
     } else {
         let prompt = req["prompt"].as_str().ok_or_else(|| anyhow::anyhow!("\"prompt\" must be a string"))?;
-        let mut ids = tok.encode(prompt, tok.add_bos)?;
-        if ids.is_empty() {
-            ids.extend(tok.bos);
-        }
-        ids
+        tok.encode_prompt(prompt)?
     };
     let num = |k: &str| req[k].as_f64();
     let n = req["n"].as_u64().unwrap_or(1).clamp(1, 16) as usize;

@@ -49,8 +49,9 @@ fn every_trainable_variable_receives_a_gradient() {
     let select = Tensor::new(&[3u32, 4, 5, 15, 16], &Device::Cpu).unwrap();
     let targets = Tensor::new(&[4u32, 8, 9, 1, 0], &Device::Cpu).unwrap();
     let lp = m.token_logprobs(&ids, &select, &targets, true).unwrap();
-    let kl = m.next_token_logdist(&ids, &select, true).unwrap().exp().unwrap().sum_all().unwrap();
-    let grads = (lp.sum_all().unwrap() + kl).unwrap().backward().unwrap();
+    // the full-distribution path (what the KL uses) too; the sum of log-probs is not constant
+    let dist = m.next_token_logdist(&ids, &select, true).unwrap().sum_all().unwrap();
+    let grads = (lp.sum_all().unwrap() + dist).unwrap().backward().unwrap();
     for (name, var) in m.named_vars() {
         let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} got no gradient"));
         let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();

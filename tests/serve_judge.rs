@@ -46,6 +46,23 @@ fn pairs_file(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
     p
 }
 
+/// `spo judge --judge openai` at `url` with `OPENAI_API_KEY=key`, JSON report.
+fn judge_openai(
+    pairs: &std::path::Path,
+    url: &str,
+    out: &std::path::Path,
+    key: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_spo"))
+        .args(["judge", "--pairs", pairs.to_str().unwrap(), "--judge", "openai", "--judge-url", url])
+        .args(["--out", out.to_str().unwrap(), "--json"])
+        .args(extra)
+        .env("OPENAI_API_KEY", key)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn serve_speaks_openai_and_judge_uses_it() {
     let dir = common::temp_dir("serve");
@@ -67,24 +84,13 @@ fn serve_speaks_openai_and_judge_uses_it() {
     // the tiny model rarely answers in the score format: unparseable verdicts are
     // counted as failed, never guessed, and the run completes with a report
     let pairs = pairs_file(&dir, 2);
-    let out = common::spo(&[
-        "judge",
-        "--pairs",
-        pairs.to_str().unwrap(),
-        "--judge",
-        "openai",
-        "--judge-url",
+    let out = judge_openai(
+        &pairs,
         base,
-        "--judge-model",
-        "smol",
-        "--out",
-        dir.join("prefs.jsonl").to_str().unwrap(),
-        "--attempts",
-        "1",
-        "--judge-max-tokens",
-        "8",
-        "--json",
-    ]);
+        &dir.join("prefs.jsonl"),
+        "",
+        &["--judge-model", "smol", "--attempts", "1", "--judge-max-tokens", "8"],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["report"]["judged"], 2);
@@ -136,31 +142,11 @@ fn retries_parsing_cache_and_auth_errors() {
     let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     scripted(18433, requests.clone());
     let pairs = pairs_file(&dir, 3);
+    let cache = dir.join("cache.jsonl");
     let run_at = |url: &str, out: &str, key: &str| {
-        Command::new(env!("CARGO_BIN_EXE_spo"))
-            .args([
-                "judge",
-                "--pairs",
-                pairs.to_str().unwrap(),
-                "--judge",
-                "openai",
-                "--judge-url",
-                url,
-                "--out",
-                dir.join(out).to_str().unwrap(),
-                "--timeout",
-                "5",
-                "--judge-cache",
-                dir.join("cache.jsonl").to_str().unwrap(),
-                "--concurrency",
-                "1",
-                "--attempts",
-                "3",
-                "--json",
-            ])
-            .env("OPENAI_API_KEY", key)
-            .output()
-            .unwrap()
+        let extra =
+            ["--timeout", "5", "--judge-cache", cache.to_str().unwrap(), "--concurrency", "1", "--attempts", "3"];
+        judge_openai(&pairs, url, &dir.join(out), key, &extra)
     };
     let run = |out: &str, key: &str| run_at("http://127.0.0.1:18433/v1", out, key);
     let out = run("a.jsonl", "k");
@@ -181,7 +167,7 @@ fn retries_parsing_cache_and_auth_errors() {
     assert!(out.status.success());
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 12, "served from the cache");
     // a wrong key: every verdict fails with a clear message, counted, no crash
-    std::fs::remove_file(dir.join("cache.jsonl")).unwrap();
+    std::fs::remove_file(&cache).unwrap();
     let out = run("c.jsonl", "wrong");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("check the API key"));

@@ -64,15 +64,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let loaded = load(&args.model, DType::F32, &Device::Cpu)?;
     let tok = &loaded.tokenizer;
     let ids = if args.chat {
-        let text = tok.apply_chat_template(&[Message::new("user", &args.prompt)], true)?;
-        tok.encode(&text, false)?
+        tok.encode_chat(&[Message::new("user", &args.prompt)])?
     } else {
-        let mut ids = tok.encode(&args.prompt, tok.add_bos)?;
-        if ids.is_empty() {
-            // unconditional generation starts from BOS even when the tokenizer adds none
-            ids.extend(tok.bos);
-        }
-        ids
+        tok.encode_prompt(&args.prompt)?
     };
     if ids.is_empty() {
         return usage("--prompt is empty and the model has no BOS token to start from");

@@ -80,13 +80,6 @@ pub fn run(args: PairsArgs) -> Result<()> {
     }
     let loaded = load(&args.model, DType::F32, &Device::Cpu)?;
     let tok = &loaded.tokenizer;
-    let encode = |p: &str| -> Result<Vec<u32>> {
-        let mut ids = tok.encode(p, tok.add_bos)?;
-        if ids.is_empty() {
-            ids.extend(tok.bos);
-        }
-        Ok(ids)
-    };
     // Batches are aligned to multiples of batch_size from index 0 and seeded by their
     // start, so a rerun regenerates a torn batch identically and skips what exists.
     let bs = args.batch_size;
@@ -94,7 +87,8 @@ pub fn run(args: PairsArgs) -> Result<()> {
     while start < args.num_pairs {
         let end = (start + bs).min(args.num_pairs);
         let texts: Vec<&String> = (start..end).map(|k| &prompts[k % prompts.len()]).collect();
-        let ids: Vec<Vec<u32>> = texts.iter().flat_map(|t| [t, t]).map(|t| encode(t)).collect::<Result<_>>()?;
+        let ids: Vec<Vec<u32>> =
+            texts.iter().flat_map(|t| [t, t]).map(|t| tok.encode_prompt(t)).collect::<Result<_>>()?;
         let cfg = SamplingConfig {
             max_new_tokens: args.max_tokens,
             temperature: args.temperature,

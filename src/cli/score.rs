@@ -57,7 +57,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let ids: Vec<u32> = context.iter().chain(&scored).copied().collect();
     let n = ids.len();
     let dev = loaded.model.device();
-    let input = Tensor::from_vec(ids.clone(), (1, n), dev)?;
+    let input = Tensor::from_vec(ids, (1, n), dev)?;
     let select = Tensor::arange(context.len() as u32 - 1, n as u32 - 1, dev)?;
     let targets = Tensor::new(scored.as_slice(), dev)?;
     let lp = loaded.model.token_logprobs(&input, &select, &targets, false)?.detach().to_vec1::<f32>()?;

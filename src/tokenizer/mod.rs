@@ -75,6 +75,23 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Ids of a generation prompt: the text with BOS as the tokenizer prescribes; an
+    /// empty text (unconditional generation) starts from BOS even when the tokenizer
+    /// adds none. Empty when there is neither text nor BOS.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(text, self.add_bos)?;
+        if ids.is_empty() {
+            ids.extend(self.bos);
+        }
+        Ok(ids)
+    }
+
+    /// Ids of a chat prompt: the messages rendered with the chat template and the
+    /// assistant's turn opened (the template writes its own special tokens).
+    pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.encode(&self.apply_chat_template(messages, true)?, false)
+    }
+
     /// Decodes ids to text, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(|e| anyhow!("decoding {} tokens: {e}", ids.len()))
@@ -135,8 +152,8 @@ impl Tokenizer {
             let id = || config[id_key].as_u64().or_else(|| config[id_key].as_array()?.first()?.as_u64());
             named.or_else(|| id().map(|i| i as u32))
         };
-        let mut tok =
-            Self::new(inner.clone(), special("bos_token", "bos_token_id"), special("eos_token", "eos_token_id"), false);
+        let (bos, eos) = (special("bos_token", "bos_token_id"), special("eos_token", "eos_token_id"));
+        let mut tok = Self::new(inner, bos, eos, false);
         tok.add_bos = tc["add_bos_token"].as_bool().unwrap_or(false);
         tok.chat_template = match std::fs::read_to_string(dir.join("chat_template.jinja")) {
             Ok(t) => Some(t),
