@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod cli;
 pub mod data;
+pub mod eval;
 pub mod jsonl;
 pub mod judge;
 pub mod loss;

@@ -180,3 +180,70 @@ fn finite<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, report: &TheoryRepo
     chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 5, BLUE.filled()))).map_err(err)?;
     Ok(())
 }
+
+/// One curve of the win-rate figure: `(step, win rate, interval low, interval high)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WinRateCurve {
+    /// Legend label (the run's name).
+    pub label: String,
+    /// Points by ascending step.
+    pub points: Vec<(f64, f64, f64, f64)>,
+}
+
+/// Draws win rate against training step for several runs, each with its 95%
+/// interval as a shaded band and the 50% line for reference — the paper's Figure 1.
+pub fn winrate_figure(curves: &[WinRateCurve], title: &str, path: &Path) -> Result<()> {
+    let size = (1000, 640);
+    match Format::from_path(path)? {
+        Format::Png => draw_winrate(BitMapBackend::new(path, size).into_drawing_area(), curves, title),
+        Format::Svg => draw_winrate(SVGBackend::new(path, size).into_drawing_area(), curves, title),
+    }
+    .with_context(|| format!("drawing {}", path.display()))
+}
+
+fn draw_winrate<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, curves: &[WinRateCurve], title: &str) -> Result<()> {
+    root.fill(&WHITE).map_err(err)?;
+    let xmax = curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)).fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..xmax * 1.02, 0.0..1.0)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("training step")
+        .y_desc("win rate vs reference")
+        .y_label_formatter(&|y: &f64| format!("{:.0}%", *y * 100.0))
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new([(0.0, 0.5), (xmax * 1.02, 0.5)], BLACK.mix(0.5).stroke_width(1)))
+        .map_err(err)?;
+    for (k, c) in curves.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        let band: Vec<(f64, f64)> = c
+            .points
+            .iter()
+            .map(|p| (p.0, p.2))
+            .chain(c.points.iter().rev().map(|p| (p.0, p.3)))
+            .collect();
+        chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.18).filled()))).map_err(err)?;
+        let line: Vec<(f64, f64)> = c.points.iter().map(|p| (p.0, p.1)).collect();
+        chart
+            .draw_series(LineSeries::new(line.clone(), color.stroke_width(3)))
+            .map_err(err)?
+            .label(c.label.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3)));
+        chart.draw_series(line.into_iter().map(|p| Circle::new(p, 4, color.filled()))).map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}

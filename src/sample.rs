@@ -66,14 +66,34 @@ pub struct Sample {
     /// Log-probability of each token under the model itself (temperature 1, no
     /// truncation): what KL estimates and likelihoods need.
     pub logprobs: Vec<f32>,
+    /// Entropy (nats) of the model's full next-token distribution (temperature 1)
+    /// at each generated position: the sample set's diversity, token by token.
+    pub entropies: Vec<f32>,
     /// Why it stopped.
     pub finish_reason: Finish,
 }
 
-/// Picks the next token from f32 logits; returns `(token, log-prob under the model)`.
-pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> (u32, f32) {
+/// A picked token and what the model's own distribution says about it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Picked {
+    /// The token.
+    pub token: u32,
+    /// Its log-probability under the model (temperature 1, no truncation).
+    pub logprob: f32,
+    /// Entropy of the model's next-token distribution (temperature 1), nats.
+    pub entropy: f32,
+}
+
+/// Picks the next token from f32 logits.
+pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> Picked {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+    let (z, weighted) = logits.iter().fold((0f32, 0f32), |(z, w), &l| {
+        let e = (l - max).exp();
+        (z + e, w + e * (l - max))
+    });
+    let lse = max + z.ln();
+    // H = log Z − E[l − max], with both terms taken relative to the max for stability
+    let entropy = (z.ln() - weighted / z).max(0.0);
     let token = if cfg.temperature <= 0.0 {
         logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
     } else {
@@ -112,13 +132,14 @@ pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> (u32, f
         }
         chosen
     };
-    (token as u32, logits[token] - lse)
+    Picked { token: token as u32, logprob: logits[token] - lse, entropy }
 }
 
 struct Row {
     index: usize,
     tokens: Vec<u32>,
     logprobs: Vec<f32>,
+    entropies: Vec<f32>,
     rng: ChaCha8Rng,
 }
 
@@ -139,6 +160,7 @@ pub fn generate(model: &Llama, tok: &Tokenizer, prompts: &[Vec<u32>], cfg: &Samp
             index: i,
             tokens: Vec::new(),
             logprobs: Vec::new(),
+            entropies: Vec::new(),
             rng: ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64)),
         })
         .collect();
@@ -150,9 +172,11 @@ pub fn generate(model: &Llama, tok: &Tokenizer, prompts: &[Vec<u32>], cfg: &Samp
         let mut keep = Vec::new();
         let mut next = Vec::new();
         for (r, (row, l)) in rows.iter_mut().zip(&logits).enumerate() {
-            let (t, lp) = pick(l, cfg, &mut row.rng);
+            let p = pick(l, cfg, &mut row.rng);
+            let t = p.token;
             row.tokens.push(t);
-            row.logprobs.push(lp);
+            row.logprobs.push(p.logprob);
+            row.entropies.push(p.entropy);
             match finished(tok, row, cfg, step + 1 == max_new)? {
                 Some(sample) => done.push(sample),
                 None => {
@@ -200,6 +224,7 @@ fn finished(tok: &Tokenizer, row: &Row, cfg: &SamplingConfig, last: bool) -> Res
         text,
         tokens: row.tokens.clone(),
         logprobs: row.logprobs.clone(),
+        entropies: row.entropies.clone(),
         finish_reason: reason,
     }))
 }
@@ -213,16 +238,18 @@ mod tests {
         let logits = [1.0f32, 3.0, 2.0, -1.0];
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let greedy = SamplingConfig { temperature: 0.0, ..Default::default() };
-        let (t, lp) = pick(&logits, &greedy, &mut rng);
-        assert_eq!(t, 1);
+        let p = pick(&logits, &greedy, &mut rng);
+        assert_eq!(p.token, 1);
         let lse = logits.iter().map(|l| l.exp()).sum::<f32>().ln();
-        assert!((lp - (3.0 - lse)).abs() < 1e-6);
+        assert!((p.logprob - (3.0 - lse)).abs() < 1e-6);
+        let entropy: f32 = logits.iter().map(|l| -(l - lse).exp() * (l - lse)).sum();
+        assert!((p.entropy - entropy).abs() < 1e-6, "{} vs {entropy}", p.entropy);
         let top2 = SamplingConfig { top_k: Some(2), ..Default::default() };
         let nucleus = SamplingConfig { top_p: Some(0.6), ..Default::default() };
         for _ in 0..200 {
-            assert!([1, 2].contains(&pick(&logits, &top2, &mut rng).0));
+            assert!([1, 2].contains(&pick(&logits, &top2, &mut rng).token));
             // p(1) = 0.665 ≥ 0.6 alone
-            assert_eq!(pick(&logits, &nucleus, &mut rng).0, 1);
+            assert_eq!(pick(&logits, &nucleus, &mut rng).token, 1);
         }
     }
 
@@ -232,7 +259,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let cfg = SamplingConfig::default();
         let n = 40_000;
-        let ones = (0..n).filter(|_| pick(&logits, &cfg, &mut rng).0 == 1).count() as f64 / n as f64;
+        let ones = (0..n).filter(|_| pick(&logits, &cfg, &mut rng).token == 1).count() as f64 / n as f64;
         let expect = 1.0f64.exp() / (1.0 + 1.0f64.exp());
         assert!((ones - expect).abs() < 0.01, "{ones} vs {expect}");
     }

@@ -7,7 +7,7 @@ use super::pairs::CandidatePair;
 use crate::judge::filter::{decide, Decision, FilterRule, Report};
 use crate::judge::openai::{OpenAiConfig, OpenAiJudge, PAPER_PROMPT};
 use crate::judge::rules::RulesJudge;
-use crate::judge::{Judge, Verdict};
+use crate::judge::{judge_both_orders, Judge, Match, Verdict};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -24,27 +24,12 @@ pub enum JudgeKind {
     Openai,
 }
 
-/// Flags of `spo judge`.
-#[derive(Debug, Args)]
-pub struct JudgeArgs {
-    /// Candidate pairs from `spo pairs`.
-    #[arg(long)]
-    pub pairs: PathBuf,
+/// Which judge and how to reach it: shared by `spo judge` and `spo eval`.
+#[derive(Debug, Clone, Args)]
+pub struct JudgeOptions {
     /// Which judge.
     #[arg(long, value_enum, default_value = "rules")]
     pub judge: JudgeKind,
-    /// Output: kept pairs as TRL-layout JSONL.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Minimum score gap when the winner is shown first.
-    #[arg(long, default_value_t = 2.0)]
-    pub min_gap: f64,
-    /// Minimum score gap when the winner is shown second (the judge favours story 2).
-    #[arg(long, default_value_t = 3.0)]
-    pub min_gap_second: f64,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
     /// OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1 (`spo serve`).
     #[arg(long)]
     pub judge_url: Option<String>,
@@ -57,7 +42,7 @@ pub struct JudgeArgs {
     /// Prompt template replacing the paper's ({story_1}, {story_2}, {prompt}).
     #[arg(long)]
     pub judge_prompt: Option<PathBuf>,
-    /// Verdict cache (JSONL) [default: OUT.judge-cache.jsonl].
+    /// Verdict cache (JSONL) of the openai judge [default: beside the output].
     #[arg(long)]
     pub judge_cache: Option<PathBuf>,
     /// Requests in flight at once.
@@ -72,6 +57,56 @@ pub struct JudgeArgs {
     /// Maximum tokens of each judge answer.
     #[arg(long, default_value_t = 512)]
     pub judge_max_tokens: usize,
+}
+
+impl JudgeOptions {
+    /// The judge; the openai one caches its verdicts in `--judge-cache` or `default_cache`.
+    pub fn build(&self, default_cache: PathBuf) -> Result<Box<dyn Judge + Sync>> {
+        Ok(match self.judge {
+            JudgeKind::Rules => Box::new(RulesJudge),
+            JudgeKind::Openai => {
+                let Some(url) = self.judge_url.clone() else { return usage("--judge openai needs --judge-url") };
+                let template = match &self.judge_prompt {
+                    Some(p) => std::fs::read_to_string(p)
+                        .with_context(|| format!("reading --judge-prompt {}", p.display()))?,
+                    None => PAPER_PROMPT.to_string(),
+                };
+                Box::new(OpenAiJudge::new(OpenAiConfig {
+                    url,
+                    model: self.judge_model.clone(),
+                    api_key: std::env::var(&self.judge_api_key_env).ok(),
+                    template,
+                    attempts: self.attempts,
+                    timeout: std::time::Duration::from_secs(self.timeout),
+                    max_tokens: self.judge_max_tokens,
+                    cache: Some(self.judge_cache.clone().unwrap_or(default_cache)),
+                })?)
+            }
+        })
+    }
+}
+
+/// Flags of `spo judge`.
+#[derive(Debug, Args)]
+pub struct JudgeArgs {
+    /// Candidate pairs from `spo pairs`.
+    #[arg(long)]
+    pub pairs: PathBuf,
+    /// Output: kept pairs as TRL-layout JSONL.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Minimum score gap when the winner is shown first.
+    #[arg(long, default_value_t = 2.0)]
+    pub min_gap: f64,
+    /// Minimum score gap when the winner is shown second (the judge favours story 2).
+    #[arg(long, default_value_t = 3.0)]
+    pub min_gap_second: f64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The judge.
+    #[command(flatten)]
+    pub judge: JudgeOptions,
 }
 
 /// One pair's judging record.
@@ -90,8 +125,8 @@ fn sibling(out: &Path, suffix: &str) -> PathBuf {
     out.with_file_name(name)
 }
 
-/// Judges each pending pair in both orders with `workers` threads, appending every
-/// record to the log as it arrives (so a kill loses at most the pairs in flight).
+/// Judges each pending pair in both orders, appending every record to the log as
+/// it arrives (so a kill loses at most the pairs in flight).
 fn judge_all(
     judge: &(dyn Judge + Sync),
     pending: &[&CandidatePair],
@@ -99,34 +134,21 @@ fn judge_all(
     log: &Path,
 ) -> Result<Vec<Record>> {
     let story = |p: &CandidatePair, r: &str| if p.prefix { format!("{}{r}", p.prompt) } else { r.to_string() };
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let (tx, rx) = std::sync::mpsc::channel::<Record>();
+    let matches: Vec<Match> = pending
+        .iter()
+        .map(|p| Match { prompt: p.prompt.clone(), a: story(p, &p.response_a), b: story(p, &p.response_b) })
+        .collect();
     let mut out = Vec::with_capacity(pending.len());
-    std::thread::scope(|scope| -> Result<()> {
-        for _ in 0..workers.min(pending.len().max(1)) {
-            let tx = tx.clone();
-            let next = &next;
-            scope.spawn(move || loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(p) = pending.get(i) else { break };
-                let (a, b) = (story(p, &p.response_a), story(p, &p.response_b));
-                let (ab, ba) = (judge.judge(&p.prompt, &a, &b), judge.judge(&p.prompt, &b, &a));
-                let error = [&ab, &ba].iter().find_map(|r| r.as_ref().err().map(|e| format!("{e:#}")));
-                if tx.send(Record { index: p.index, ab: ab.ok(), ba: ba.ok(), error }).is_err() {
-                    break;
-                }
-            });
+    judge_both_orders(judge, &matches, workers, |i, ab, ba| {
+        let error = [&ab, &ba].iter().find_map(|r| r.as_ref().err().map(|e| format!("{e:#}")));
+        let rec = Record { index: pending[i].index, ab: ab.ok(), ba: ba.ok(), error };
+        if let Some(e) = &rec.error {
+            eprintln!("pair {}: {e}", rec.index);
         }
-        drop(tx);
-        for (k, rec) in rx.iter().enumerate() {
-            if let Some(e) = &rec.error {
-                eprintln!("pair {}: {e}", rec.index);
-            }
-            crate::jsonl::append(log, std::slice::from_ref(&rec))?;
-            out.push(rec);
-            if (k + 1) % 10 == 0 {
-                eprintln!("{}/{} pairs judged", k + 1, pending.len());
-            }
+        crate::jsonl::append(log, std::slice::from_ref(&rec))?;
+        out.push(rec);
+        if out.len() % 10 == 0 {
+            eprintln!("{}/{} pairs judged", out.len(), pending.len());
         }
         Ok(())
     })?;
@@ -147,28 +169,7 @@ pub fn run(args: JudgeArgs) -> Result<()> {
                 .with_context(|| format!("{}:{}: not a candidate pair", args.pairs.display(), i + 1))
         })
         .collect::<Result<_>>()?;
-    let judge: Box<dyn Judge + Sync> = match args.judge {
-        JudgeKind::Rules => Box::new(RulesJudge),
-        JudgeKind::Openai => {
-            let Some(url) = args.judge_url.clone() else { return usage("--judge openai needs --judge-url") };
-            let template = match &args.judge_prompt {
-                Some(p) => {
-                    std::fs::read_to_string(p).with_context(|| format!("reading --judge-prompt {}", p.display()))?
-                }
-                None => PAPER_PROMPT.to_string(),
-            };
-            Box::new(OpenAiJudge::new(OpenAiConfig {
-                url,
-                model: args.judge_model.clone(),
-                api_key: std::env::var(&args.judge_api_key_env).ok(),
-                template,
-                attempts: args.attempts,
-                timeout: std::time::Duration::from_secs(args.timeout),
-                max_tokens: args.judge_max_tokens,
-                cache: Some(args.judge_cache.clone().unwrap_or_else(|| sibling(&args.out, ".judge-cache.jsonl"))),
-            })?)
-        }
-    };
+    let judge = args.judge.build(sibling(&args.out, ".judge-cache.jsonl"))?;
     let log = sibling(&args.out, ".verdicts.jsonl");
     let mut records: Vec<Record> = crate::jsonl::recover(&log)?
         .into_iter()
@@ -177,7 +178,7 @@ pub fn run(args: JudgeArgs) -> Result<()> {
         .with_context(|| format!("{}: corrupt verdict log", log.display()))?;
     let done: HashSet<usize> = records.iter().map(|r| r.index).collect();
     let pending: Vec<&CandidatePair> = pairs.iter().filter(|p| !done.contains(&p.index)).collect();
-    records.extend(judge_all(judge.as_ref(), &pending, args.concurrency.max(1), &log)?);
+    records.extend(judge_all(judge.as_ref(), &pending, args.judge.concurrency.max(1), &log)?);
     let decisions: Vec<Decision> = records
         .iter()
         .map(|r| match (&r.ab, &r.ba) {

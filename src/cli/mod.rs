@@ -1,11 +1,13 @@
 //! The `spo` command line: one module per subcommand. Only this layer prints or exits.
 
 pub mod args;
+pub mod eval;
 pub mod generate;
 pub mod judge;
 pub mod pairs;
 pub mod score;
 pub mod serve;
+pub mod sweep;
 pub mod theory;
 pub mod train;
 
@@ -33,6 +35,10 @@ pub enum Command {
     Pairs(pairs::PairsArgs),
     /// Judge candidate pairs in both orders and keep the consistent, clear ones.
     Judge(judge::JudgeArgs),
+    /// Win rate of checkpoints against the reference over training (Figure 1).
+    Eval(Box<eval::EvalArgs>),
+    /// Train over a grid of (loss, α, β, μ), resumably, then evaluate every run.
+    Sweep(Box<sweep::SweepArgs>),
     /// Serve a model over an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
     /// Align a model with SPO (or DPO/IPO) on preference pairs.
@@ -49,5 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pairs(args) => pairs::run(args),
         Command::Judge(args) => judge::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Eval(args) => eval::run(*args),
+        Command::Sweep(args) => sweep::run(*args),
     }
 }

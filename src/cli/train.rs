@@ -8,7 +8,7 @@ use candle_core::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -100,6 +100,9 @@ pub struct TrainArgs {
     /// Drop malformed records (counted) instead of refusing the data file.
     #[arg(long)]
     pub skip_invalid: bool,
+    /// Checkpoints without the optimiser state (a third of the disk; not resumable).
+    #[arg(long)]
+    pub save_only_model: bool,
     /// Write into an output directory that holds another run.
     #[arg(long)]
     pub overwrite: bool,
@@ -163,6 +166,7 @@ pub fn config(args: &TrainArgs) -> Result<TrainConfig> {
     }
     cfg.skip_invalid |= args.skip_invalid;
     cfg.overwrite |= args.overwrite;
+    cfg.save_only_model |= args.save_only_model;
     if cfg.model.as_os_str().is_empty() || cfg.data.as_os_str().is_empty() {
         return usage("--model and --data are required (as flags or in --config)");
     }
@@ -198,45 +202,97 @@ impl Progress for Bar {
     }
 }
 
-/// Runs `spo train`.
-pub fn run(args: TrainArgs) -> Result<()> {
-    let cfg = config(&args)?;
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        other => {
-            return usage(format!(
-                "--device {other}: this build supports cpu only (build with --features cuda for GPUs)"
-            ))
-        }
-    };
-    let run_file = cfg.out.join("run_config.json");
-    let this_run = serde_json::to_value(&cfg)?;
-    if let (Ok(text), None, false) = (std::fs::read_to_string(&run_file), &args.resume, cfg.overwrite) {
-        let previous: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let what = if previous == this_run { "this run" } else { "a different run" };
+/// Where an output directory stands for a configuration (sweeps and the demo
+/// continue runs instead of refusing them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    /// Nothing of this run yet.
+    Fresh,
+    /// Its `final/` model is written.
+    Finished,
+    /// Interrupted: continue from this checkpoint.
+    Resumable(PathBuf),
+}
+
+/// The run configuration as written to `run_config.json` (without `overwrite`,
+/// which says how a run was started, not what it is).
+fn identity(cfg: &TrainConfig) -> Result<Value> {
+    Ok(serde_json::to_value(TrainConfig { overwrite: false, ..cfg.clone() })?)
+}
+
+/// Where `cfg.out` stands; an error when it holds a different run.
+pub fn run_state(cfg: &TrainConfig) -> Result<RunState> {
+    let Ok(text) = std::fs::read_to_string(cfg.out.join("run_config.json")) else { return Ok(RunState::Fresh) };
+    let previous: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if previous != identity(cfg)? {
         return usage(format!(
-            "--out {} already holds {what}; pass --resume {}/checkpoint-NNNNNN to continue it or --overwrite to start over",
-            cfg.out.display(),
+            "{} already holds a different run; remove it or choose another directory",
             cfg.out.display()
         ));
     }
+    if cfg.out.join("final").join("config.json").is_file() {
+        return Ok(RunState::Finished);
+    }
+    let latest = std::fs::read_dir(&cfg.out)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("optimizer.safetensors").is_file())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("checkpoint-")))
+        .max();
+    Ok(latest.map_or(RunState::Fresh, RunState::Resumable))
+}
+
+/// Trains `cfg` (from `resume` when given) with a progress bar until it finishes,
+/// `stop` is raised or `stop_after` steps are done.
+pub fn train(cfg: &TrainConfig, resume: Option<&Path>, stop: &Arc<AtomicBool>, stop_after: Option<usize>) -> Result<()> {
     let bar = ProgressBar::new(cfg.steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}, {per_sec}] {msg}")
             .expect("valid template"),
     );
     let mut progress = Bar(bar);
-    let mut trainer =
-        Trainer::new(cfg.clone(), candle_core::DType::F32, &device, args.resume.as_deref(), &mut progress)?;
+    let mut trainer = Trainer::new(cfg.clone(), candle_core::DType::F32, &Device::Cpu, resume, &mut progress)?;
     let (n_train, n_eval) = trainer.sizes();
     progress.note(&format!("{n_train} training pairs, {n_eval} held out; {:?} loss", cfg.loss));
     std::fs::create_dir_all(&cfg.out)?;
-    std::fs::write(&run_file, serde_json::to_string_pretty(&this_run)?)?;
+    std::fs::write(cfg.out.join("run_config.json"), serde_json::to_string_pretty(&identity(cfg)?)?)?;
+    trainer.run(stop, stop_after, &mut progress)?;
+    progress.0.finish();
+    Ok(())
+}
+
+/// Trains `cfg` to its last step: skipped when finished, continued from the last
+/// checkpoint when interrupted, started otherwise. Returns whether it finished.
+pub fn train_to_end(cfg: &TrainConfig, stop: &Arc<AtomicBool>) -> Result<bool> {
+    match run_state(cfg)? {
+        RunState::Finished => return Ok(true),
+        RunState::Resumable(dir) => train(cfg, Some(&dir), stop, None)?,
+        RunState::Fresh => train(cfg, None, stop, None)?,
+    }
+    Ok(matches!(run_state(cfg)?, RunState::Finished))
+}
+
+/// Runs `spo train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let cfg = config(&args)?;
+    if args.device != "cpu" {
+        return usage(format!(
+            "--device {}: this build supports cpu only (build with --features cuda for GPUs)",
+            args.device
+        ));
+    }
+    let run_file = cfg.out.join("run_config.json");
+    if let (Ok(text), None, false) = (std::fs::read_to_string(&run_file), &args.resume, cfg.overwrite) {
+        let previous: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let what = if previous == identity(&cfg)? { "this run" } else { "a different run" };
+        return usage(format!(
+            "--out {} already holds {what}; pass --resume {}/checkpoint-NNNNNN to continue it or --overwrite to start over",
+            cfg.out.display(),
+            cfg.out.display()
+        ));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     // Ctrl-C finishes the current step, writes a checkpoint and exits cleanly.
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    trainer.run(&stop, args.stop_after, &mut progress)?;
-    progress.0.finish();
-    Ok(())
+    train(&cfg, args.resume.as_deref(), &stop, args.stop_after)
 }

@@ -5,7 +5,7 @@ use super::optim::AdamW;
 use crate::model::load::hf;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -40,6 +40,10 @@ pub fn path(out: &Path, step: usize) -> PathBuf {
 pub fn save(out: &Path, model: &Llama, tok: &Tokenizer, opt: &AdamW, state: &TrainerState) -> Result<PathBuf> {
     let dir = path(out, state.step);
     hf::save_with(model, tok, &dir, |tmp| {
+        std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string(state)?)?;
+        if state.config.save_only_model {
+            return Ok(());
+        }
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for (name, t) in &opt.m {
             tensors.insert(format!("m.{name}"), t.to_device(&Device::Cpu)?);
@@ -48,7 +52,6 @@ pub fn save(out: &Path, model: &Llama, tok: &Tokenizer, opt: &AdamW, state: &Tra
             tensors.insert(format!("v.{name}"), t.to_device(&Device::Cpu)?);
         }
         candle_core::safetensors::save(&tensors, tmp.join("optimizer.safetensors"))?;
-        std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string(state)?)?;
         Ok(())
     })
     .with_context(|| format!("writing checkpoint {}", dir.display()))?;
@@ -62,6 +65,9 @@ pub fn restore(dir: &Path, opt: &mut AdamW, device: &Device) -> Result<TrainerSt
         .with_context(|| format!("{}: not a spo checkpoint (no trainer_state.json)", dir.display()))?;
     let state: TrainerState =
         serde_json::from_str(&text).with_context(|| format!("{}: corrupt", state_path.display()))?;
+    if !dir.join("optimizer.safetensors").is_file() {
+        bail!("{}: saved with save_only_model (no optimizer state), so it can be evaluated but not resumed", dir.display());
+    }
     let tensors = candle_core::safetensors::load(dir.join("optimizer.safetensors"), device)
         .with_context(|| format!("{}: optimizer.safetensors", dir.display()))?;
     for (key, t) in tensors {

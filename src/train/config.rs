@@ -106,6 +106,9 @@ pub struct TrainConfig {
     pub skip_invalid: bool,
     /// Allow writing into an output directory that holds a different run.
     pub overwrite: bool,
+    /// Checkpoints hold the weights only, not the optimiser state (TRL's name): a
+    /// third of the disk, but such a checkpoint can be evaluated, not resumed.
+    pub save_only_model: bool,
 }
 
 impl Default for TrainConfig {
@@ -142,6 +145,7 @@ impl Default for TrainConfig {
             save_every: 100,
             skip_invalid: false,
             overwrite: false,
+            save_only_model: false,
         }
     }
 }
