@@ -4,9 +4,9 @@
 # generation time only. Needs a Python with torch + transformers (PYTHON=...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=$(scripts/fetch-smollm2.sh)
-runs=${RUNS:-3}
 cargo build --release -q
+model=$(target/release/spo fetch)
+runs=${RUNS:-3}
 for b in 1 8; do
   rates=()
   for r in $(seq "$runs"); do

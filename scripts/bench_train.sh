@@ -11,7 +11,8 @@ work=${WORK:-/tmp/spo-bench-train}
 mkdir -p "$work"
 cargo build --release -q --example save_random_model
 [ -d "$work/stories15m" ] || ./target/release/examples/save_random_model stories15m "$work/stories15m"
-smol=$(scripts/fetch-smollm2.sh)
+cargo build --release -q
+smol=$(target/release/spo fetch)
 python3 - "$work/data.jsonl" <<'PY'
 import json, random, sys
 random.seed(0)

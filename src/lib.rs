@@ -12,6 +12,7 @@ pub mod batch;
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod fetch;
 pub mod jsonl;
 pub mod judge;
 pub mod loss;

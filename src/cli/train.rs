@@ -243,7 +243,12 @@ pub fn run_state(cfg: &TrainConfig) -> Result<RunState> {
 
 /// Trains `cfg` (from `resume` when given) with a progress bar until it finishes,
 /// `stop` is raised or `stop_after` steps are done.
-pub fn train(cfg: &TrainConfig, resume: Option<&Path>, stop: &Arc<AtomicBool>, stop_after: Option<usize>) -> Result<()> {
+pub fn train(
+    cfg: &TrainConfig,
+    resume: Option<&Path>,
+    stop: &Arc<AtomicBool>,
+    stop_after: Option<usize>,
+) -> Result<()> {
     let bar = ProgressBar::new(cfg.steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}, {per_sec}] {msg}")

@@ -207,7 +207,8 @@ impl<'a> Evaluator<'a> {
         );
         let s = &self.spec;
         let tok = &loaded.tokenizer;
-        let mut set = SampleSet { texts: vec![], tokens: vec![], logprob: vec![], entropy: vec![], ref_logprob: vec![] };
+        let mut set =
+            SampleSet { texts: vec![], tokens: vec![], logprob: vec![], entropy: vec![], ref_logprob: vec![] };
         let started = std::time::Instant::now();
         for start in (0..s.num_samples).step_by(s.batch_size) {
             let end = (start + s.batch_size).min(s.num_samples);

@@ -27,8 +27,10 @@ fn checkpoint_step(path: &Path) -> Option<usize> {
     path.file_name()?.to_str()?.strip_prefix("checkpoint-")?.parse().ok()
 }
 
+/// A directory's name, or a file's name without its extension.
 fn name_of(path: &Path) -> String {
-    path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
+    let name = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    name.map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
 }
 
 /// The steps of a run's `final/`: the run's configured steps.
@@ -97,20 +99,20 @@ mod tests {
         let root = std::env::temp_dir().join(format!("spo-runs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         for step in [20, 5, 10] {
-            let d = root.join("spo-a").join(format!("checkpoint-{step:06}"));
+            let d = root.join("spo-a0.1").join(format!("checkpoint-{step:06}"));
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("config.json"), "{}").unwrap();
         }
-        std::fs::create_dir_all(root.join("spo-a/final")).unwrap();
-        std::fs::write(root.join("spo-a/run_config.json"), r#"{"steps": 20}"#).unwrap();
+        std::fs::create_dir_all(root.join("spo-a0.1/final")).unwrap();
+        std::fs::write(root.join("spo-a0.1/run_config.json"), r#"{"steps": 20}"#).unwrap();
         std::fs::write(root.join("model.gguf"), "GGUF").unwrap();
-        let runs = discover(&[root.join("spo-a"), root.join("spo-a/final"), root.join("model.gguf")]).unwrap();
+        let runs = discover(&[root.join("spo-a0.1"), root.join("spo-a0.1/final"), root.join("model.gguf")]).unwrap();
         assert_eq!(runs.len(), 2);
-        assert_eq!(runs[0].name, "spo-a");
+        assert_eq!(runs[0].name, "spo-a0.1", "a directory keeps its dots");
         assert_eq!(runs[0].points.iter().map(|p| p.step).collect::<Vec<_>>(), [5, 10, 20]);
         assert!(runs[0].points[2].path.ends_with("checkpoint-000020"), "final/ duplicates step 20");
         assert_eq!((runs[1].name.as_str(), runs[1].points[0].step), ("model", 0));
-        let err = discover(&[root.clone()]).unwrap_err().to_string();
+        let err = discover(std::slice::from_ref(&root)).unwrap_err().to_string();
         assert!(err.contains("neither a model nor a run directory"), "{err}");
         std::fs::remove_dir_all(&root).unwrap();
     }

