@@ -65,8 +65,8 @@ pub struct DemoArgs {
     /// DPO's β.
     #[arg(long, default_value_t = 0.1)]
     pub dpo_beta: f64,
-    /// SPO: KL samples per refresh.
-    #[arg(long, default_value_t = 8)]
+    /// SPO: KL samples per refresh (one per pair of a step; the paper: 32 per 128 pairs).
+    #[arg(long, default_value_t = 4)]
     pub kl_samples: usize,
     /// SPO: refresh the KL samples every K steps (the paper's 8).
     #[arg(long, default_value_t = 8)]
