@@ -67,3 +67,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sweep(args) => sweep::run(*args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every subcommand's flags are well-formed: no two flattened option groups
+    /// claim the same flag (which release builds would not notice).
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
