@@ -201,7 +201,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         st.begin(3, &format!("aligning with SPO and with DPO: {} steps of {} pairs each", args.steps, args.batch_size));
     for (name, loss, beta) in [("spo", "spo", args.beta), ("dpo", "dpo", args.dpo_beta)] {
         let dir = runs.join(name);
-        let argv: Vec<String> = [
+        let mut argv: Vec<String> = [
             "spo",
             "train",
             "--model",
@@ -212,8 +212,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
             &s(&dir),
             "--loss",
             loss,
-            "--alpha",
-            &args.alpha.to_string(),
             "--beta",
             &beta.to_string(),
             "--steps",
@@ -230,14 +228,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
             &(args.story_tokens + 32).to_string(),
             "--max-prompt-length",
             "16",
-            "--kl-samples",
-            &args.kl_samples.to_string(),
-            "--kl-max-tokens",
-            &story_tokens,
-            "--kl-refresh",
-            &args.kl_refresh.to_string(),
-            "--kl-micro-batch",
-            &args.kl_samples.to_string(),
             "--save-every",
             &args.save_every.to_string(),
             "--eval-fraction",
@@ -248,6 +238,24 @@ pub fn run(args: DemoArgs) -> Result<()> {
         ]
         .map(String::from)
         .to_vec();
+        if loss == "spo" {
+            // α and the KL sampling mean nothing to DPO: its command line leaves them out
+            argv.extend(
+                [
+                    "--alpha",
+                    &args.alpha.to_string(),
+                    "--kl-samples",
+                    &args.kl_samples.to_string(),
+                    "--kl-max-tokens",
+                    &story_tokens,
+                    "--kl-refresh",
+                    &args.kl_refresh.to_string(),
+                    "--kl-micro-batch",
+                    &args.kl_samples.to_string(),
+                ]
+                .map(String::from),
+            );
+        }
         let Command::Train(train_args) = parse(&argv)? else { unreachable!("a train command line") };
         eprintln!("{name}:");
         let cfg = config(&train_args)?;
