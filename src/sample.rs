@@ -42,6 +42,16 @@ impl Default for SamplingConfig {
     }
 }
 
+impl SamplingConfig {
+    /// The seed of a batch starting at item `start` of a longer job: each item's
+    /// samples then depend only on (seed, batch size, its index), so a resumed job
+    /// redraws a torn batch identically and every model of a comparison sees the
+    /// same random streams.
+    pub fn batch_seed(seed: u64, start: usize) -> u64 {
+        seed.wrapping_mul(1_000_003).wrapping_add(start as u64)
+    }
+}
+
 /// Why a row stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

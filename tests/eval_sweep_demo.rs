@@ -3,28 +3,10 @@
 
 mod common;
 
-use candle_core::{DType, Device};
-use serde_json::{json, Value};
-use spo::model::load::hf;
-use spo::model::{Llama, LlamaConfig};
-use spo::tokenizer::build::{sentencepiece_bpe, toy_vocabulary};
-use std::path::{Path, PathBuf};
+use common::s;
 
-fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let dir = common::temp_dir(name);
-    let config = LlamaConfig::tiny();
-    let m = Llama::random(config.clone(), 3, DType::F32, &Device::Cpu).unwrap();
-    let tok = sentencepiece_bpe(&toy_vocabulary(config.vocab_size), Some(1), Some(2), true).unwrap();
-    hf::save(&m, &tok, &dir.join("model")).unwrap();
-    let lines: Vec<String> =
-        (0..12).map(|k| json!({"prompt": format!("Q{k}:"), "chosen": "good", "rejected": "bad"}).to_string()).collect();
-    std::fs::write(dir.join("data.jsonl"), lines.join("\n")).unwrap();
-    (dir.join("model"), dir.join("data.jsonl"), dir)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use serde_json::Value;
+use std::path::Path;
 
 fn ok(o: &std::process::Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).to_string();
@@ -42,7 +24,7 @@ fn mtime(p: &Path) -> std::time::SystemTime {
 
 #[test]
 fn eval_reports_win_rates_per_checkpoint_and_reuses_its_cache() {
-    let (model, data, dir) = setup("eval");
+    let (model, data, dir) = common::tiny_run_inputs("eval", 3);
     let run = dir.join("run");
     ok(&common::spo(&[
         "train",
@@ -143,7 +125,7 @@ fn eval_reports_win_rates_per_checkpoint_and_reuses_its_cache() {
 
 #[test]
 fn an_interrupted_sweep_finishes_the_remaining_runs_only() {
-    let (model, data, dir) = setup("sweep");
+    let (model, data, dir) = common::tiny_run_inputs("sweep", 3);
     let out = dir.join("sweep");
     let sweep = |alphas: &str| {
         common::spo(&[
@@ -235,7 +217,7 @@ fn an_interrupted_sweep_finishes_the_remaining_runs_only() {
 
 #[test]
 fn demo_writes_the_report_and_the_commands_that_reproduce_it() {
-    let (model, _, dir) = setup("demo");
+    let (model, _, dir) = common::tiny_run_inputs("demo", 3);
     let out = dir.join("report");
     let o = common::spo(&[
         "demo",

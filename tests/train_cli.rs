@@ -2,28 +2,14 @@
 
 mod common;
 
+use common::s;
+
 use candle_core::{DType, Device};
 use serde_json::{json, Value};
 use spo::model::load::hf;
 use spo::model::{Llama, LlamaConfig};
 use spo::tokenizer::build::{sentencepiece_bpe, toy_vocabulary};
-use std::path::{Path, PathBuf};
-
-fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let dir = common::temp_dir(name);
-    let config = LlamaConfig::tiny();
-    let m = Llama::random(config.clone(), 1, DType::F32, &Device::Cpu).unwrap();
-    let tok = sentencepiece_bpe(&toy_vocabulary(config.vocab_size), Some(1), Some(2), true).unwrap();
-    hf::save(&m, &tok, &dir.join("model")).unwrap();
-    let lines: Vec<String> =
-        (0..12).map(|k| json!({"prompt": format!("Q{k}:"), "chosen": "good", "rejected": "bad"}).to_string()).collect();
-    std::fs::write(dir.join("data.jsonl"), lines.join("\n")).unwrap();
-    (dir.join("model"), dir.join("data.jsonl"), dir)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use std::path::Path;
 
 /// `spo train --model M --data D --out O --eval-fraction 0 EXTRA…`
 fn train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
@@ -34,7 +20,7 @@ fn train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::process:
 
 #[test]
 fn stable_interface_trains_and_final_model_scores_like_the_trainer() {
-    let (model, data, dir) = setup("cli-train");
+    let (model, data, dir) = common::tiny_run_inputs("cli-train", 1);
     let out = dir.join("run");
     for loss in ["spo", "dpo", "ipo"] {
         let o = out.join(loss);
@@ -117,7 +103,7 @@ fn stable_interface_trains_and_final_model_scores_like_the_trainer() {
 
 #[test]
 fn malformed_data_is_reported_with_file_and_line_before_training() {
-    let (model, _, dir) = setup("cli-bad");
+    let (model, _, dir) = common::tiny_run_inputs("cli-bad", 1);
     let bad = dir.join("bad.jsonl");
     std::fs::write(
         &bad,
@@ -153,7 +139,7 @@ fn malformed_data_is_reported_with_file_and_line_before_training() {
 
 #[test]
 fn parquet_rows_are_read_and_bad_rows_numbered() {
-    let (model, _, dir) = setup("cli-parquet");
+    let (model, _, dir) = common::tiny_run_inputs("cli-parquet", 1);
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prefs.parquet");
     let ds = spo::data::read(&data, None).unwrap();
     assert_eq!(ds.pairs.len(), 3);

@@ -14,6 +14,27 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// The prompts of `--prompts FILE` (its non-empty lines) or `--prefix TEXT`, and
+/// whether they are story prefixes (a story is then prompt + response).
+pub fn prompts_or_prefix(
+    prompts: Option<&std::path::Path>,
+    prefix: Option<&str>,
+) -> anyhow::Result<(Vec<String>, bool)> {
+    use anyhow::Context;
+    match (prompts, prefix) {
+        (Some(p), None) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading --prompts {}", p.display()))?;
+            let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
+            if lines.is_empty() {
+                return usage(format!("--prompts {}: no prompts in the file", p.display()));
+            }
+            Ok((lines, false))
+        }
+        (None, Some(prefix)) => Ok((vec![prefix.to_string()], true)),
+        _ => usage("give --prompts FILE or --prefix TEXT"),
+    }
+}
+
 /// Fails with a [`UsageError`].
 pub fn usage<T>(msg: impl Into<String>) -> anyhow::Result<T> {
     Err(UsageError(msg.into()).into())

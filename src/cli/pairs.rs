@@ -1,9 +1,9 @@
 //! `spo pairs`: candidate pairs — two independent samples per prompt — resumable.
 
-use super::args::usage;
+use super::args::{prompts_or_prefix, usage};
 use crate::model::load;
 use crate::sample::{generate, SamplingConfig};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device};
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -58,18 +58,7 @@ pub struct CandidatePair {
 
 /// Runs `spo pairs`.
 pub fn run(args: PairsArgs) -> Result<()> {
-    let (prompts, is_prefix) = match (&args.prompts, &args.prefix) {
-        (Some(p), None) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
-            if lines.is_empty() {
-                return usage(format!("--prompts {}: no prompts in the file", p.display()));
-            }
-            (lines, false)
-        }
-        (None, Some(prefix)) => (vec![prefix.clone()], true),
-        _ => return usage("give --prompts FILE or --prefix TEXT"),
-    };
+    let (prompts, is_prefix) = prompts_or_prefix(args.prompts.as_deref(), args.prefix.as_deref())?;
     if args.batch_size == 0 {
         return usage("--batch-size must be at least 1");
     }
@@ -92,7 +81,7 @@ pub fn run(args: PairsArgs) -> Result<()> {
         let cfg = SamplingConfig {
             max_new_tokens: args.max_tokens,
             temperature: args.temperature,
-            seed: args.seed.wrapping_mul(1_000_003).wrapping_add(start as u64),
+            seed: SamplingConfig::batch_seed(args.seed, start),
             ..Default::default()
         };
         let samples = generate(&loaded.model, tok, &ids, &cfg)?;

@@ -3,16 +3,15 @@
 //! evaluation of every run: a summary table and one win-rate figure.
 
 use super::args::usage;
-use super::eval::{evaluate, figure, table, write_json, EvalOptions, EvalReport};
-use super::train::train_to_end;
+use super::eval::{evaluate, figure, peak, table, write_json, EvalOptions, EvalReport};
+use super::train::{config_file, stop_on_ctrl_c, train_to_end};
 use crate::eval::runs::discover;
 use crate::train::config::{LossKind, TrainConfig, WeightingKind};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Flags of `spo sweep`. The grid defaults are the paper's (section 6).
 #[derive(Debug, Args)]
@@ -61,6 +60,19 @@ pub struct SweepArgs {
     pub eval: EvalOptions,
 }
 
+/// The objective's name in run names and tables.
+fn loss_name(loss: LossKind) -> String {
+    format!("{loss:?}").to_lowercase()
+}
+
+/// μ's short name in run names and tables.
+fn mu_name(w: WeightingKind) -> &'static str {
+    match w {
+        WeightingKind::Uniform => "uniform",
+        WeightingKind::SoftImportance => "softimp",
+    }
+}
+
 /// One grid point: its directory name and configuration.
 fn grid(args: &SweepArgs, base: &TrainConfig) -> Vec<(String, TrainConfig)> {
     let mut runs = Vec::new();
@@ -71,14 +83,13 @@ fn grid(args: &SweepArgs, base: &TrainConfig) -> Vec<(String, TrainConfig)> {
     for &loss in &args.losses {
         for &beta in &args.betas {
             if loss != LossKind::Spo {
-                let name = format!("{}-b{beta}", format!("{loss:?}").to_lowercase());
+                let name = format!("{}-b{beta}", loss_name(loss));
                 runs.push(at(name, loss, base.alpha, beta, WeightingKind::Uniform));
                 continue;
             }
             for &alpha in &args.alphas {
                 for &w in &args.weightings {
-                    let mu = if w == WeightingKind::Uniform { "uniform" } else { "softimp" };
-                    runs.push(at(format!("spo-a{alpha}-b{beta}-{mu}"), loss, alpha, beta, w));
+                    runs.push(at(format!("spo-a{alpha}-b{beta}-{}", mu_name(w)), loss, alpha, beta, w));
                 }
             }
         }
@@ -88,13 +99,7 @@ fn grid(args: &SweepArgs, base: &TrainConfig) -> Vec<(String, TrainConfig)> {
 
 /// Runs `spo sweep`.
 pub fn run(args: SweepArgs) -> Result<()> {
-    let mut base = match &args.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str(&text).map_err(|e| super::args::UsageError(format!("--config {}: {e}", p.display())))?
-        }
-        None => TrainConfig::default(),
-    };
+    let mut base = config_file(args.config.as_deref())?;
     base.model = args.model.clone();
     base.data = args.data.clone();
     base.overwrite = false;
@@ -112,9 +117,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     if !args.no_eval {
         args.eval.spec()?; // refuse bad evaluation flags before hours of training
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let stop = stop_on_ctrl_c();
     for (k, (name, cfg)) in runs.iter().enumerate() {
         eprintln!("[{}/{}] {name}", k + 1, runs.len());
         if !train_to_end(cfg, &stop)? || stop.load(Ordering::SeqCst) {
@@ -149,21 +152,15 @@ fn summary(report: &EvalReport, runs: &[(String, TrainConfig)]) -> String {
     for (name, cfg) in runs {
         let Some(points) = report.runs.get(name) else { continue };
         let Some(last) = points.last() else { continue };
-        let peak = points.iter().max_by(|a, b| a.win.win_rate.total_cmp(&b.win.win_rate)).expect("non-empty");
+        let peak = peak(points);
         let is_spo = cfg.loss == LossKind::Spo;
         s += &format!(
             "{:<28} {:>5} {:>7} {:>7} {:>8} {:>22} {:>16} {:>8.3} {:>8}\n",
             name,
-            format!("{:?}", cfg.loss).to_lowercase(),
+            loss_name(cfg.loss),
             if is_spo { cfg.alpha.to_string() } else { "-".into() },
             cfg.beta,
-            if !is_spo {
-                "-"
-            } else if cfg.weighting == WeightingKind::Uniform {
-                "uniform"
-            } else {
-                "softimp"
-            },
+            if is_spo { mu_name(cfg.weighting) } else { "-" },
             format!("{:.1}% [{:.1}, {:.1}]", 100.0 * last.win.win_rate, 100.0 * last.win.ci[0], 100.0 * last.win.ci[1]),
             format!("{:.1}% ({})", 100.0 * peak.win.win_rate, peak.step),
             last.entropy,

@@ -123,15 +123,16 @@ macro_rules! overlay {
     };
 }
 
+/// The defaults, overridden by the TOML file `path` when given (`--config`).
+pub fn config_file(path: Option<&Path>) -> Result<TrainConfig> {
+    let Some(path) = path else { return Ok(TrainConfig::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).or_else(|e| usage(format!("--config {}: {e}", path.display())))
+}
+
 /// The configuration: defaults ← TOML file ← flags.
 pub fn config(args: &TrainArgs) -> Result<TrainConfig> {
-    let mut cfg = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text).map_err(|e| super::args::UsageError(format!("--config {}: {e}", path.display())))?
-        }
-        None => TrainConfig::default(),
-    };
+    let mut cfg = config_file(args.config.as_deref())?;
     overlay!(
         cfg,
         args,
@@ -276,6 +277,15 @@ pub fn train_to_end(cfg: &TrainConfig, stop: &Arc<AtomicBool>) -> Result<bool> {
     Ok(matches!(run_state(cfg)?, RunState::Finished))
 }
 
+/// A flag raised by Ctrl-C: training finishes the current step, writes a
+/// checkpoint and returns (`Trainer::run`). Set once per process.
+pub fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    stop
+}
+
 /// Runs `spo train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     let cfg = config(&args)?;
@@ -295,9 +305,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
             cfg.out.display()
         ));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    // Ctrl-C finishes the current step, writes a checkpoint and exits cleanly.
-    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let stop = stop_on_ctrl_c();
     train(&cfg, args.resume.as_deref(), &stop, args.stop_after)
 }

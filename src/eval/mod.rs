@@ -216,7 +216,7 @@ impl<'a> Evaluator<'a> {
             let cfg = SamplingConfig {
                 max_new_tokens: s.max_tokens,
                 temperature: s.temperature,
-                seed: s.seed.wrapping_mul(1_000_003).wrapping_add(start as u64),
+                seed: SamplingConfig::batch_seed(s.seed, start),
                 ..Default::default()
             };
             let samples = generate(&loaded.model, tok, &prompts, &cfg)?;

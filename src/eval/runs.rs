@@ -58,8 +58,7 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<Run>> {
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if let Some(step) = checkpoint_step(path) {
             add(name_of(&parent.canonicalize()?), Point { step, path: path.clone() });
-        } else if path.file_name().is_some_and(|n| n == "final") && final_step(parent).is_some() {
-            let step = final_step(parent).expect("checked");
+        } else if let Some(step) = path.file_name().filter(|n| *n == "final").and_then(|_| final_step(parent)) {
             add(name_of(&parent.canonicalize()?), Point { step, path: path.clone() });
         } else if path.is_dir() && !path.join("config.json").is_file() {
             let mut found = Vec::new();

@@ -2,7 +2,11 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use candle_core::{DType, Device};
+use spo::model::load::hf;
+use spo::model::{Llama, LlamaConfig};
+use spo::tokenizer::build::{sentencepiece_bpe, toy_vocabulary};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -28,4 +32,24 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// A fresh directory holding a tiny random model (`DIR/model`, weights from `seed`)
+/// and 12 preference pairs (`DIR/data.jsonl`): returns (model, data, DIR).
+pub fn tiny_run_inputs(name: &str, seed: u64) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let config = LlamaConfig::tiny();
+    let m = Llama::random(config.clone(), seed, DType::F32, &Device::Cpu).unwrap();
+    let tok = sentencepiece_bpe(&toy_vocabulary(config.vocab_size), Some(1), Some(2), true).unwrap();
+    hf::save(&m, &tok, &dir.join("model")).unwrap();
+    let lines: Vec<String> = (0..12)
+        .map(|k| serde_json::json!({"prompt": format!("Q{k}:"), "chosen": "good", "rejected": "bad"}).to_string())
+        .collect();
+    std::fs::write(dir.join("data.jsonl"), lines.join("\n")).unwrap();
+    (dir.join("model"), dir.join("data.jsonl"), dir)
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
 }
