@@ -26,31 +26,29 @@ fn mtime(p: &Path) -> std::time::SystemTime {
 fn eval_reports_win_rates_per_checkpoint_and_reuses_its_cache() {
     let (model, data, dir) = common::tiny_run_inputs("eval", 3);
     let run = dir.join("run");
-    ok(&common::spo(&[
-        "train",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--out",
-        s(&run),
-        "--loss",
-        "dpo",
-        "--beta",
-        "0.1",
-        "--steps",
-        "2",
-        "--batch-size",
-        "2",
-        "--lr",
-        "0.05",
-        "--warmup-steps",
-        "0",
-        "--save-every",
-        "1",
-        "--eval-fraction",
-        "0",
-    ]));
+    ok(&common::spo_train(
+        &model,
+        &data,
+        &run,
+        &[
+            "--loss",
+            "dpo",
+            "--beta",
+            "0.1",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--lr",
+            "0.05",
+            "--warmup-steps",
+            "0",
+            "--save-every",
+            "1",
+            "--eval-fraction",
+            "0",
+        ],
+    ));
     let cache = dir.join("cache");
     let plot = dir.join("winrate.svg");
     let args = [
@@ -167,31 +165,29 @@ fn an_interrupted_sweep_finishes_the_remaining_runs_only() {
     let before = (mtime(&spo_a.join("metrics.jsonl")), mtime(&dpo.join("metrics.jsonl")));
     // A run interrupted after step 1, exactly as the sweep configures it.
     let spo_b = out.join("spo-a1-b0.1-uniform");
-    ok(&common::spo(&[
-        "train",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--out",
-        s(&spo_b),
-        "--loss",
-        "spo",
-        "--alpha",
-        "1",
-        "--beta",
-        "0.1",
-        "--steps",
-        "2",
-        "--batch-size",
-        "2",
-        "--lr",
-        "0.01",
-        "--save-every",
-        "1",
-        "--stop-after",
-        "1",
-    ]));
+    ok(&common::spo_train(
+        &model,
+        &data,
+        &spo_b,
+        &[
+            "--loss",
+            "spo",
+            "--alpha",
+            "1",
+            "--beta",
+            "0.1",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--lr",
+            "0.01",
+            "--save-every",
+            "1",
+            "--stop-after",
+            "1",
+        ],
+    ));
     assert!(!spo_b.join("final").exists());
     let step1 = mtime(&spo_b.join("checkpoint-000001/model.safetensors"));
     let notes = ok(&sweep("0.5,1"));

@@ -13,9 +13,9 @@ use std::path::Path;
 
 /// `spo train --model M --data D --out O --eval-fraction 0 EXTRA…`
 fn train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["train", "--model", s(model), "--data", s(data), "--out", s(out), "--eval-fraction", "0"];
+    let mut args = vec!["--eval-fraction", "0"];
     args.extend_from_slice(extra);
-    common::spo(&args)
+    common::spo_train(model, data, out, &args)
 }
 
 #[test]

@@ -53,3 +53,10 @@ pub fn tiny_run_inputs(name: &str, seed: u64) -> (PathBuf, PathBuf, PathBuf) {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// `spo train --model M --data D --out O EXTRA…`
+pub fn spo_train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["train", "--model", s(model), "--data", s(data), "--out", s(out)];
+    args.extend_from_slice(extra);
+    spo(&args)
+}
