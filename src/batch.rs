@@ -114,6 +114,19 @@ impl SequenceBatch {
     }
 }
 
+/// Sequence log-probs `[R]` of each row's response under `model` (`track`: keep the
+/// graph for a backward pass), and the response lengths.
+pub fn response_logps(
+    model: &crate::model::Llama,
+    rows: &[(&[u32], &[u32])],
+    pad: u32,
+    track: bool,
+) -> Result<(Tensor, Vec<usize>)> {
+    let batch = SequenceBatch::new(rows, pad, model.dtype(), model.device())?;
+    let lp = model.token_logprobs(&batch.ids, &batch.select, &batch.targets, track)?;
+    Ok((batch.per_row(&lp)?, batch.lengths))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

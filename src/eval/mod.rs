@@ -9,7 +9,7 @@ pub mod diversity;
 pub mod runs;
 pub mod winrate;
 
-use crate::batch::SequenceBatch;
+use crate::batch::response_logps;
 use crate::judge::{judge_both_orders, Judge, Match};
 use crate::model::load::{load, Loaded};
 use crate::sample::{generate, SamplingConfig};
@@ -223,9 +223,7 @@ impl<'a> Evaluator<'a> {
             let rows: Vec<(&[u32], &[u32])> =
                 samples.iter().map(|x| (prompts[x.index].as_slice(), x.tokens.as_slice())).collect();
             let pad = tok.eos.unwrap_or(0);
-            let batch = SequenceBatch::new(&rows, pad, reference.dtype(), reference.device())?;
-            let lp = reference.token_logprobs(&batch.ids, &batch.select, &batch.targets, false)?;
-            let ref_lp = batch.per_row(&lp)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            let ref_lp = response_logps(reference, &rows, pad, false)?.0.to_dtype(DType::F64)?.to_vec1::<f64>()?;
             for (x, r) in samples.iter().zip(ref_lp) {
                 set.texts.push(x.text.clone());
                 set.tokens.push(x.tokens.len());

@@ -6,7 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod optim;
 
-use crate::batch::{tokenize, SequenceBatch, TokenPair};
+use crate::batch::{response_logps, tokenize, SequenceBatch, TokenPair};
 use crate::loss::{baselines::PairLogps, dpo_loss, ipo_loss, spo_preference_loss, token_kl_rows, LossOutput};
 use crate::model::{load, Llama};
 use crate::sample::{generate, SamplingConfig};
@@ -63,11 +63,9 @@ fn pair_logps(model: &Llama, pairs: &[&TokenPair], pad: u32, track: bool) -> Res
         .map(|p| (p.prompt.as_slice(), p.chosen.as_slice()))
         .chain(pairs.iter().map(|p| (p.prompt.as_slice(), p.rejected.as_slice())))
         .collect();
-    let batch = SequenceBatch::new(&rows, pad, model.dtype(), model.device())?;
-    let lp = model.token_logprobs(&batch.ids, &batch.select, &batch.targets, track)?;
-    let seq = batch.per_row(&lp)?;
+    let (seq, lengths) = response_logps(model, &rows, pad, track)?;
     let b = pairs.len();
-    Ok((seq.narrow(0, 0, b)?, seq.narrow(0, b, b)?, batch.lengths))
+    Ok((seq.narrow(0, 0, b)?, seq.narrow(0, b, b)?, lengths))
 }
 
 fn to_f64(t: &Tensor) -> Result<Vec<f64>> {
