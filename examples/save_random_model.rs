@@ -29,6 +29,7 @@ fn main() -> anyhow::Result<()> {
             rope_theta: 10_000.0,
             max_position_embeddings: 256,
             tie_word_embeddings: false,
+            rope_scaling: None,
         },
         other => anyhow::bail!("unknown preset {other}"),
     };

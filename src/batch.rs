@@ -40,14 +40,30 @@ fn truncate(prompt: &mut Vec<u32>, chosen: &mut Vec<u32>, rejected: &mut Vec<u32
 
 /// Tokenises pairs (prompt and responses separately, see [`encode_pair`]) and
 /// truncates them. Pairs whose response is cut to nothing are dropped; their
-/// number is returned.
-pub fn tokenize(tok: &Tokenizer, pairs: &[PreferencePair], t: Truncation) -> Result<(Vec<TokenPair>, usize)> {
+/// number is returned. A pair still longer than `context` tokens (the model's)
+/// is an error naming it by `name(i)`, the i-th pair's place in its file.
+pub fn tokenize(
+    tok: &Tokenizer,
+    pairs: &[PreferencePair],
+    t: Truncation,
+    context: usize,
+    name: impl Fn(usize) -> String,
+) -> Result<(Vec<TokenPair>, usize)> {
     let mut out = Vec::with_capacity(pairs.len());
     let mut dropped = 0;
-    for p in pairs {
+    for (i, p) in pairs.iter().enumerate() {
         let (mut prompt, mut c) = encode_pair(tok, &p.prompt, &p.chosen, true)?;
         let (_, mut r) = encode_pair(tok, &p.prompt, &p.rejected, true)?;
         truncate(&mut prompt, &mut c, &mut r, t);
+        let longest = prompt.len() + c.len().max(r.len());
+        if longest > context {
+            anyhow::bail!(
+                "{}: {longest} tokens after truncation to --max-length {}, beyond the model's context of {context}; \
+                 lower --max-length to at most {context}",
+                name(i),
+                t.max_length
+            );
+        }
         // with no prompt token the first response token is context only
         let min = if prompt.is_empty() { 2 } else { 1 };
         if c.len() < min || r.len() < min {

@@ -38,6 +38,8 @@ pub struct BadRecord {
 pub struct Dataset {
     /// Valid pairs, in file order.
     pub pairs: Vec<PreferencePair>,
+    /// The 1-based line (JSONL) or row (Parquet) of each pair.
+    pub lines: Vec<usize>,
     /// Records that could not be used, with reasons.
     pub bad: Vec<BadRecord>,
     /// Pairs dropped as unusable for training (empty or identical responses).
@@ -58,23 +60,38 @@ pub fn read(path: &Path, tok: Option<&Tokenizer>) -> Result<Dataset> {
             Ok(p) if p.chosen.trim().is_empty() || p.rejected.trim().is_empty() || p.chosen == p.rejected => {
                 ds.skipped_degenerate += 1
             }
-            Ok(p) => ds.pairs.push(p),
+            Ok(p) => {
+                ds.pairs.push(p);
+                ds.lines.push(line);
+            }
             Err(reason) => ds.bad.push(BadRecord { line, reason }),
         }
     }
     Ok(ds)
 }
 
-type Record = (usize, std::result::Result<Value, String>);
+/// A record's 1-based line (or row) and its JSON value, or why it is unreadable.
+pub type Record = (usize, std::result::Result<Value, String>);
 
 fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(parse_jsonl(&bytes))
+}
+
+/// JSONL records by line: a line that is not UTF-8 or not JSON is a bad record of
+/// its own, never a failure of the whole file.
+pub fn parse_jsonl(bytes: &[u8]) -> Vec<Record> {
+    bytes
+        .split(|&b| b == b'\n')
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| (i + 1, serde_json::from_str::<Value>(l).map_err(|e| format!("not valid JSON: {e}"))))
-        .collect())
+        .filter(|(_, l)| !l.trim_ascii().is_empty())
+        .map(|(i, l)| {
+            let parsed = std::str::from_utf8(l)
+                .map_err(|e| format!("not valid UTF-8 (byte {} of the line)", e.valid_up_to() + 1))
+                .and_then(|l| serde_json::from_str::<Value>(l).map_err(|e| format!("not valid JSON: {e}")));
+            (i + 1, parsed)
+        })
+        .collect()
 }
 
 fn read_parquet(path: &Path) -> Result<Vec<Record>> {
@@ -99,8 +116,8 @@ fn render(tok: Option<&Tokenizer>, msgs: &[Message], gen_prompt: bool) -> std::r
     tok.apply_chat_template(msgs, gen_prompt).map_err(|e| format!("{e:#}"))
 }
 
-/// One record in any TRL layout → a pair of texts.
-fn parse_record(v: &Value, tok: Option<&Tokenizer>) -> std::result::Result<PreferencePair, String> {
+/// One record in any TRL layout → a pair of texts, or why it is malformed.
+pub fn parse_record(v: &Value, tok: Option<&Tokenizer>) -> std::result::Result<PreferencePair, String> {
     let obj = v.as_object().ok_or("a record must be a JSON object")?;
     let field = |name: &str| obj.get(name).filter(|x| !x.is_null()).ok_or(format!("missing field \"{name}\""));
     let (chosen, rejected) = (field("chosen")?, field("rejected")?);

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod fetch;
+pub mod fsx;
 pub mod jsonl;
 pub mod judge;
 pub mod loss;

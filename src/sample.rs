@@ -42,7 +42,34 @@ impl Default for SamplingConfig {
     }
 }
 
+/// Rows sampled together at most: a longer list of prompts is sampled in batches of
+/// this many (same results: each row's random stream depends on its index only), so
+/// the KV cache stays bounded whatever the number of samples asked for.
+pub const MAX_BATCH: usize = 64;
+
 impl SamplingConfig {
+    /// Checks the settings every sampling command shares (generate, pairs, eval,
+    /// serve, the trainer's KL samples); the message starts with the setting's flag
+    /// name (without dashes).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.max_new_tokens == 0 {
+            return Err("max-tokens must be at least 1".into());
+        }
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(format!("temperature must be a finite number ≥ 0 (0 is greedy), got {}", self.temperature));
+        }
+        if let Some(p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return Err(format!("top-p must be in (0, 1], got {p}"));
+        }
+        if self.top_k == Some(0) {
+            return Err("top-k must be at least 1 (leave it out to keep every token)".into());
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err("stop strings must not be empty".into());
+        }
+        Ok(())
+    }
+
     /// The seed of a batch starting at item `start` of a longer job: each item's
     /// samples then depend only on (seed, batch size, its index), so a resumed job
     /// redraws a torn batch identically and every model of a comparison sees the
@@ -153,9 +180,32 @@ struct Row {
     rng: ChaCha8Rng,
 }
 
-/// Continues every prompt (token ids) in one batch. Prompts are left-padded; a row
-/// leaves the batch (and the cache) as soon as it finishes.
+/// Continues every prompt (token ids), [`MAX_BATCH`] rows at a time. Returns one
+/// sample per prompt, in order.
 pub fn generate(model: &Llama, tok: &Tokenizer, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Result<Vec<Sample>> {
+    cfg.validate().map_err(|e| anyhow::anyhow!("sampling: {e}"))?;
+    let mut out = Vec::with_capacity(prompts.len());
+    for (k, chunk) in prompts.chunks(MAX_BATCH).enumerate() {
+        let offset = k * MAX_BATCH;
+        out.extend(
+            generate_batch(model, tok, chunk, cfg, offset)?
+                .into_iter()
+                .map(|s| Sample { index: s.index + offset, ..s }),
+        );
+    }
+    Ok(out)
+}
+
+/// Continues prompts in one batch; row `i` draws from the stream of index
+/// `offset + i`. Prompts are left-padded; a row leaves the batch (and the cache) as
+/// soon as it finishes.
+fn generate_batch(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    offset: usize,
+) -> Result<Vec<Sample>> {
     ensure!(prompts.iter().all(|p| !p.is_empty()), "every prompt needs at least one token (BOS or text)");
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let context = model.config().max_position_embeddings;
@@ -171,7 +221,9 @@ pub fn generate(model: &Llama, tok: &Tokenizer, prompts: &[Vec<u32>], cfg: &Samp
             tokens: Vec::new(),
             logprobs: Vec::new(),
             entropies: Vec::new(),
-            rng: ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64)),
+            rng: ChaCha8Rng::seed_from_u64(
+                cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add((offset + i) as u64),
+            ),
         })
         .collect();
     let mut done: Vec<Sample> = Vec::new();

@@ -19,6 +19,12 @@ pub struct ServeConfig {
     pub default_max_tokens: usize,
 }
 
+/// Most completions one request may ask for (`n`): above it the request is refused.
+pub const MAX_N: usize = 16;
+
+/// Most new tokens one request may ask for, unless the server's default is higher.
+pub const MAX_TOKENS: usize = 4096;
+
 /// An HTTP-level outcome: status code and JSON body.
 pub type Reply = (u16, Value);
 
@@ -72,21 +78,29 @@ fn complete(model: &Loaded, cfg: &ServeConfig, chat: bool, req: &Value) -> Resul
         tok.encode_prompt(prompt)?
     };
     let num = |k: &str| req[k].as_f64();
-    let n = req["n"].as_u64().unwrap_or(1).clamp(1, 16) as usize;
+    let n = req["n"].as_u64().unwrap_or(1) as usize;
+    anyhow::ensure!((1..=MAX_N).contains(&n), "\"n\" must be between 1 and {MAX_N}, got {n}");
     let stop = match &req["stop"] {
         Value::String(s) => vec![s.clone()],
         Value::Array(a) => a.iter().filter_map(|s| s.as_str().map(String::from)).collect(),
         _ => Vec::new(),
     };
+    let max_new_tokens = req["max_tokens"].as_u64().map_or(cfg.default_max_tokens, |m| m as usize);
+    anyhow::ensure!(
+        max_new_tokens <= cfg.default_max_tokens.max(MAX_TOKENS),
+        "\"max_tokens\" must be at most {}, got {max_new_tokens}",
+        cfg.default_max_tokens.max(MAX_TOKENS)
+    );
     let sampling = SamplingConfig {
-        max_new_tokens: req["max_tokens"].as_u64().map_or(cfg.default_max_tokens, |m| m as usize),
-        temperature: num("temperature").unwrap_or(1.0).max(0.0),
-        top_p: num("top_p").filter(|p| *p > 0.0 && *p < 1.0),
-        top_k: None,
+        max_new_tokens,
+        temperature: num("temperature").unwrap_or(1.0),
+        top_p: num("top_p").filter(|p| *p != 1.0),
+        top_k: req["top_k"].as_u64().map(|k| k as usize),
         seed: req["seed"].as_u64().unwrap_or(0),
         stop,
         ignore_eos: false,
     };
+    sampling.validate().map_err(|e| anyhow::anyhow!("{}", e.replace('-', "_")))?;
     let samples: Vec<Sample> = generate(&model.model, tok, &vec![ids.clone(); n], &sampling)?;
     let completion_tokens: usize = samples.iter().map(|s| s.tokens.len()).sum();
     let reason = |s: &Sample| if s.finish_reason == crate::sample::Finish::Length { "length" } else { "stop" };

@@ -71,7 +71,7 @@ fn judge_resumes_from_a_torn_log_and_writes_trl_rows() {
         .collect();
     let pairs = dir.join("pairs.jsonl");
     std::fs::write(&pairs, rows.join("\n") + "\n").unwrap();
-    let run = |out: &str| {
+    let run_with = |out: &str, allowed: &str| {
         common::spo(&[
             "judge",
             "--pairs",
@@ -81,8 +81,15 @@ fn judge_resumes_from_a_torn_log_and_writes_trl_rows() {
             "--out",
             dir.join(out).to_str().unwrap(),
             "--json",
+            "--max-failed-fraction",
+            allowed,
         ])
     };
+    let strict = run_with("strict.jsonl", "0");
+    assert_eq!(strict.status.code(), Some(1), "a failed verdict fails the run by default");
+    let err = String::from_utf8_lossy(&strict.stderr);
+    assert!(err.contains("1 of 6 pairs have no verdict"), "{err}");
+    let run = |out: &str| run_with(out, "0.2");
     let fresh = run("fresh.jsonl");
     assert!(fresh.status.success(), "{}", String::from_utf8_lossy(&fresh.stderr));
     let report: serde_json::Value = serde_json::from_slice(&fresh.stdout).unwrap();
@@ -111,7 +118,13 @@ fn judge_resumes_from_a_torn_log_and_writes_trl_rows() {
         std::fs::read_to_string(dir.join("cut.jsonl")).unwrap(),
         std::fs::read_to_string(dir.join("fresh.jsonl")).unwrap()
     );
-    assert_eq!(lines(&dir.join("cut.jsonl.verdicts.jsonl")).len(), 6, "no duplicate verdicts");
+    let judged: Vec<u64> = lines(&dir.join("cut.jsonl.verdicts.jsonl"))
+        .iter()
+        .filter(|r| !r["ab"].is_null() && !r["ba"].is_null())
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    let distinct: std::collections::HashSet<_> = judged.iter().collect();
+    assert_eq!((judged.len(), distinct.len()), (5, 5), "no duplicate verdicts");
     // the output is training data
     let ds = spo::data::read(&dir.join("fresh.jsonl"), None).unwrap();
     assert_eq!(ds.pairs.len(), 5);

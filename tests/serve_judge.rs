@@ -89,7 +89,7 @@ fn serve_speaks_openai_and_judge_uses_it() {
         base,
         &dir.join("prefs.jsonl"),
         "",
-        &["--judge-model", "smol", "--attempts", "1", "--judge-max-tokens", "8"],
+        &["--judge-model", "smol", "--attempts", "1", "--judge-max-tokens", "8", "--max-failed-fraction", "1"],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -166,15 +166,24 @@ fn retries_parsing_cache_and_auth_errors() {
     let out = run("b.jsonl", "k");
     assert!(out.status.success());
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 12, "served from the cache");
-    // a wrong key: every verdict fails with a clear message, counted, no crash
+    // a wrong key: every verdict fails with a clear message, counted, and the run
+    // fails with the count (no silent "0 pairs kept")
     std::fs::remove_file(&cache).unwrap();
     let out = run("c.jsonl", "wrong");
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("check the API key"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("check the API key") && err.contains("3 of 3 pairs have no verdict"), "{err}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["report"]["dropped_failed"], 3);
-    // an unreachable endpoint
+    // an unreachable endpoint: fails, and caches nothing
     let out = run_at("http://127.0.0.1:9/v1", "d.jsonl", "k");
-    assert!(out.status.success());
+    assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unreachable"));
+    // the rerun against a working endpoint asks again for every failed verdict
+    let before = requests.load(std::sync::atomic::Ordering::SeqCst);
+    let out = run("d.jsonl", "k");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["report"]["kept"].clone(), report["report"]["dropped_failed"].clone()), (3.into(), 0.into()));
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), before + 12, "6 verdicts asked again");
 }

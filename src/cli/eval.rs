@@ -52,9 +52,12 @@ impl EvalOptions {
         if num_samples == 0 || self.sample_batch_size == 0 {
             return usage("--num-samples and --sample-batch-size must be at least 1");
         }
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return usage(format!("--temperature must be ≥ 0, got {}", self.temperature));
-        }
+        let sampling = crate::sample::SamplingConfig {
+            max_new_tokens: self.max_tokens,
+            temperature: self.temperature,
+            ..Default::default()
+        };
+        sampling.validate().or_else(|e| usage(format!("--{e}")))?;
         Ok(EvalSpec {
             prompts,
             prefix,

@@ -21,7 +21,7 @@ pub struct GenerateArgs {
     /// Render the prompt as a user message with the model's chat template.
     #[arg(long)]
     pub chat: bool,
-    /// Samples to draw (one batch).
+    /// Samples to draw (in batches of at most 64, so memory stays bounded).
     #[arg(long, default_value_t = 1)]
     pub num_samples: usize,
     /// Maximum new tokens per sample.
@@ -55,12 +55,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.num_samples == 0 {
         return usage("--num-samples must be at least 1");
     }
-    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
-        return usage(format!("--temperature must be ≥ 0, got {}", args.temperature));
-    }
-    if args.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-        return usage("--top-p must be in (0, 1]");
-    }
+    let cfg = SamplingConfig {
+        max_new_tokens: args.max_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        stop: args.stop.clone(),
+        ignore_eos: args.ignore_eos,
+    };
+    cfg.validate().or_else(|e| usage(format!("--{e}")))?;
     let loaded = load(&args.model, DType::F32, &Device::Cpu)?;
     let tok = &loaded.tokenizer;
     let ids = if args.chat {
@@ -71,15 +75,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if ids.is_empty() {
         return usage("--prompt is empty and the model has no BOS token to start from");
     }
-    let cfg = SamplingConfig {
-        max_new_tokens: args.max_tokens,
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        seed: args.seed,
-        stop: args.stop.clone(),
-        ignore_eos: args.ignore_eos,
-    };
     let prompts = vec![ids; args.num_samples];
     let start = std::time::Instant::now();
     let samples = generate(&loaded.model, tok, &prompts, &cfg)?;

@@ -105,6 +105,11 @@ pub struct JudgeArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Fraction of pairs whose verdicts may fail (endpoint errors, unparseable
+    /// answers) while the run still succeeds; above it spo exits non-zero. A rerun
+    /// retries the failed pairs.
+    #[arg(long, default_value_t = 0.0, value_parser = super::args::non_negative)]
+    pub max_failed_fraction: f64,
     /// The judge.
     #[command(flatten)]
     pub judge: JudgeOptions,
@@ -162,6 +167,9 @@ pub fn run(args: JudgeArgs) -> Result<()> {
         return usage("--min-gap and --min-gap-second must be ≥ 0");
     }
     let rule = FilterRule { min_gap: args.min_gap, min_gap_second: args.min_gap_second };
+    let log = sibling(&args.out, ".verdicts.jsonl");
+    crate::fsx::check_output_file("--out", &args.out, &[("--pairs", &args.pairs), ("--out's verdict log", &log)])?;
+    crate::fsx::check_output_file("--out's verdict log", &log, &[("--pairs", &args.pairs)])?;
     let pairs: Vec<CandidatePair> = crate::jsonl::recover(&args.pairs)?
         .into_iter()
         .enumerate()
@@ -171,12 +179,13 @@ pub fn run(args: JudgeArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let judge = args.judge.build(sibling(&args.out, ".judge-cache.jsonl"))?;
-    let log = sibling(&args.out, ".verdicts.jsonl");
     let mut records: Vec<Record> = crate::jsonl::recover(&log)?
         .into_iter()
         .map(serde_json::from_value)
         .collect::<Result<_, _>>()
         .with_context(|| format!("{}: corrupt verdict log", log.display()))?;
+    // failed verdicts are not results: a rerun asks again (the latest record wins)
+    records.retain(|r| r.ab.is_some() && r.ba.is_some());
     let done: HashSet<usize> = records.iter().map(|r| r.index).collect();
     let pending: Vec<&CandidatePair> = pairs.iter().filter(|p| !done.contains(&p.index)).collect();
     records.extend(judge_all(judge.as_ref(), &pending, args.judge.concurrency.max(1), &log)?);
@@ -201,10 +210,7 @@ pub fn run(args: JudgeArgs) -> Result<()> {
         kept.push((r.index, row));
     }
     kept.sort_by_key(|(i, _)| *i);
-    let tmp = args.out.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, kept.iter().map(|(_, r)| format!("{r}\n")).collect::<String>())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    crate::fsx::write_atomic(&args.out, kept.iter().map(|(_, r)| format!("{r}\n")).collect::<String>().as_bytes())?;
     let report =
         Report::from_decisions(records.iter().zip(&decisions).map(|(r, d)| (r.ab.as_ref(), r.ba.as_ref(), *d)));
     if args.json {
@@ -219,12 +225,28 @@ pub fn run(args: JudgeArgs) -> Result<()> {
             report.dropped_small_gap, rule.min_gap, rule.min_gap_second
         );
         println!("  dropped: failed      {:>6}", report.dropped_failed);
-        println!(
-            "  position bias: mean(score 2 − score 1) = {:+.3}; story 2 wins {:.1}% of untied verdicts",
-            report.position_bias,
-            100.0 * report.second_wins
-        );
+        if report.untied_verdicts == 0 {
+            println!("  position bias: no untied verdicts to measure it on");
+        } else {
+            println!(
+                "  position bias: mean(score 2 − score 1) = {:+.3}; story 2 wins {:.1}% of {} untied verdicts",
+                report.position_bias,
+                100.0 * report.second_wins,
+                report.untied_verdicts
+            );
+        }
         println!("wrote {} ({} pairs)", args.out.display(), report.kept);
     }
-    Ok(())
+    check_failures(report.dropped_failed, report.judged, args.max_failed_fraction)
+}
+
+/// An error when more verdicts failed than `--max-failed-fraction` allows.
+fn check_failures(failed: usize, judged: usize, allowed: f64) -> Result<()> {
+    if failed == 0 || (failed as f64) <= allowed * judged as f64 {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{failed} of {judged} pairs have no verdict (the judge failed; see the errors above); \
+         rerun to retry them, or allow some with --max-failed-fraction"
+    )
 }

@@ -3,7 +3,7 @@
 use super::args::{prompts_or_prefix, usage};
 use crate::model::load;
 use crate::sample::{generate, SamplingConfig};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -56,13 +56,86 @@ pub struct CandidatePair {
     pub prefix: bool,
 }
 
+/// What made a candidate-pairs file, recorded beside it (`OUT.settings.json`): a
+/// rerun continues the file only with the same settings, so one file never mixes
+/// pairs of two models, prompt sets or seeds.
+fn settings(args: &PairsArgs, prompts: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "model": args.model,
+        "prompts": prompts,
+        "prefix": args.prefix,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+    })
+}
+
+/// Pairs already in `out`, after checking that they are candidate pairs (in order)
+/// made with `wanted` settings; records the settings for a new file.
+fn existing_pairs(out: &std::path::Path, wanted: &serde_json::Value) -> Result<usize> {
+    let record = {
+        let mut name = out.file_name().unwrap_or_default().to_os_string();
+        name.push(".settings.json");
+        out.with_file_name(name)
+    };
+    let rows = crate::jsonl::recover(out)?;
+    for (i, row) in rows.iter().enumerate() {
+        let ok = serde_json::from_value::<CandidatePair>(row.clone()).is_ok_and(|p| p.index == i);
+        if !ok {
+            return usage(format!(
+                "--out {}:{}: not a candidate pair of spo pairs; choose another --out",
+                out.display(),
+                i + 1
+            ));
+        }
+    }
+    match std::fs::read_to_string(&record) {
+        Ok(text) => {
+            let earlier: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{}: not a settings record", record.display()))?;
+            let changed: Vec<String> = wanted
+                .as_object()
+                .expect("an object")
+                .iter()
+                .filter(|(k, v)| &earlier[k.as_str()] != *v)
+                .map(|(k, v)| format!("{k}: {} → {v}", earlier[k.as_str()]))
+                .collect();
+            if !changed.is_empty() {
+                return usage(format!(
+                    "--out {} holds pairs made with other settings ({}); choose another --out to keep both",
+                    out.display(),
+                    changed.join("; ")
+                ));
+            }
+        }
+        Err(_) if rows.is_empty() => {
+            crate::fsx::write_atomic(&record, serde_json::to_string_pretty(wanted)?.as_bytes())?;
+        }
+        Err(_) => {
+            return usage(format!(
+                "--out {} has no settings record ({}), so its pairs cannot be continued safely; choose another --out",
+                out.display(),
+                record.display()
+            ))
+        }
+    }
+    Ok(rows.len())
+}
+
 /// Runs `spo pairs`.
 pub fn run(args: PairsArgs) -> Result<()> {
     let (prompts, is_prefix) = prompts_or_prefix(args.prompts.as_deref(), args.prefix.as_deref())?;
     if args.batch_size == 0 {
         return usage("--batch-size must be at least 1");
     }
-    let done = crate::jsonl::recover(&args.out)?.len();
+    let sampling =
+        SamplingConfig { max_new_tokens: args.max_tokens, temperature: args.temperature, ..Default::default() };
+    sampling.validate().or_else(|e| usage(format!("--{e}")))?;
+    let mut inputs = vec![("--model", args.model.as_path())];
+    inputs.extend(args.prompts.as_deref().map(|p| ("--prompts", p)));
+    crate::fsx::check_output_file("--out", &args.out, &inputs)?;
+    let done = existing_pairs(&args.out, &settings(&args, &prompts))?;
     if done >= args.num_pairs {
         eprintln!("{} already holds {done} pairs; nothing to do", args.out.display());
         return Ok(());
@@ -78,12 +151,7 @@ pub fn run(args: PairsArgs) -> Result<()> {
         let texts: Vec<&String> = (start..end).map(|k| &prompts[k % prompts.len()]).collect();
         let ids: Vec<Vec<u32>> =
             texts.iter().flat_map(|t| [t, t]).map(|t| tok.encode_prompt(t)).collect::<Result<_>>()?;
-        let cfg = SamplingConfig {
-            max_new_tokens: args.max_tokens,
-            temperature: args.temperature,
-            seed: SamplingConfig::batch_seed(args.seed, start),
-            ..Default::default()
-        };
+        let cfg = SamplingConfig { seed: SamplingConfig::batch_seed(args.seed, start), ..sampling.clone() };
         let samples = generate(&loaded.model, tok, &ids, &cfg)?;
         let rows: Vec<CandidatePair> = (start..end)
             .filter(|&k| k >= done)

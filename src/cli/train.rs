@@ -215,22 +215,30 @@ pub enum RunState {
     Resumable(PathBuf),
 }
 
-/// The run configuration as written to `run_config.json` (without `overwrite`,
-/// which says how a run was started, not what it is).
-fn identity(cfg: &TrainConfig) -> Result<Value> {
-    Ok(serde_json::to_value(TrainConfig { overwrite: false, ..cfg.clone() })?)
+/// The configuration of the run `out` holds (its `run_config.json`), if any.
+fn recorded_run(out: &Path) -> Result<Option<TrainConfig>> {
+    let path = out.join("run_config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    serde_json::from_str(&text).map(Some).with_context(|| format!("{}: not a spo run configuration", path.display()))
+}
+
+/// `cfg` as a continuation of `earlier`, or a usage error listing every option
+/// that would change what the run is.
+fn continuing(cfg: &TrainConfig, earlier: &TrainConfig, what: &str) -> Result<(TrainConfig, Vec<String>)> {
+    cfg.clone().continuing(earlier).or_else(|diff| {
+        usage(format!(
+            "{what} was made with other settings; these would change the run:\n  {}\n\
+             (only {} may change on resume; start a new run with another --out, or --overwrite)",
+            diff.join("\n  "),
+            crate::train::config::RESUMABLE_CHANGES[..4].join(", ")
+        ))
+    })
 }
 
 /// Where `cfg.out` stands; an error when it holds a different run.
 pub fn run_state(cfg: &TrainConfig) -> Result<RunState> {
-    let Ok(text) = std::fs::read_to_string(cfg.out.join("run_config.json")) else { return Ok(RunState::Fresh) };
-    let previous: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    if previous != identity(cfg)? {
-        return usage(format!(
-            "{} already holds a different run; remove it or choose another directory",
-            cfg.out.display()
-        ));
-    }
+    let Some(earlier) = recorded_run(&cfg.out)? else { return Ok(RunState::Fresh) };
+    continuing(cfg, &earlier, &cfg.out.display().to_string())?;
     if cfg.out.join("final").join("config.json").is_file() {
         return Ok(RunState::Finished);
     }
@@ -242,6 +250,18 @@ pub fn run_state(cfg: &TrainConfig) -> Result<RunState> {
     Ok(latest.map_or(RunState::Fresh, RunState::Resumable))
 }
 
+/// The configuration to train from `resume`: checked against the checkpoint's own
+/// run (refused with a diff when it would change it), with the allowed changes
+/// appended to `OUT/resumes.jsonl` as a record of how the run was continued.
+fn resumed_config(cfg: &TrainConfig, resume: &Path) -> Result<TrainConfig> {
+    let state = crate::train::checkpoint::read_state(resume)?;
+    let (cfg, changes) = continuing(cfg, &state.config, &format!("checkpoint {}", resume.display()))?;
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let row = serde_json::json!({"resumed_from": resume, "step": state.step, "changed": changes});
+    crate::jsonl::append(&cfg.out.join("resumes.jsonl"), &[row])?;
+    Ok(cfg)
+}
+
 /// Trains `cfg` (from `resume` when given) with a progress bar until it finishes,
 /// `stop` is raised or `stop_after` steps are done.
 pub fn train(
@@ -250,6 +270,10 @@ pub fn train(
     stop: &Arc<AtomicBool>,
     stop_after: Option<usize>,
 ) -> Result<()> {
+    let cfg = &match resume {
+        Some(dir) => resumed_config(cfg, dir)?,
+        None => cfg.clone(),
+    };
     let bar = ProgressBar::new(cfg.steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}, {per_sec}] {msg}")
@@ -260,7 +284,8 @@ pub fn train(
     let (n_train, n_eval) = trainer.sizes();
     progress.note(&format!("{n_train} training pairs, {n_eval} held out; {:?} loss", cfg.loss));
     std::fs::create_dir_all(&cfg.out)?;
-    std::fs::write(cfg.out.join("run_config.json"), serde_json::to_string_pretty(&identity(cfg)?)?)?;
+    let recorded = TrainConfig { overwrite: false, ..cfg.clone() };
+    crate::fsx::write_atomic(&cfg.out.join("run_config.json"), serde_json::to_string_pretty(&recorded)?.as_bytes())?;
     trainer.run(stop, stop_after, &mut progress)?;
     progress.0.finish();
     Ok(())
@@ -275,6 +300,35 @@ pub fn train_to_end(cfg: &TrainConfig, stop: &Arc<AtomicBool>) -> Result<bool> {
         RunState::Fresh => train(cfg, None, stop, None)?,
     }
     Ok(matches!(run_state(cfg)?, RunState::Finished))
+}
+
+/// Makes `cfg.out` ready for a fresh run: refused when it holds a run (unless
+/// `--overwrite`, which removes that run whole first, so none of its checkpoints
+/// can mix into the new one) or files that are not a run.
+fn prepare_fresh_out(cfg: &TrainConfig) -> Result<()> {
+    let out = &cfg.out;
+    let inputs = [("--model", cfg.model.as_path()), ("--data", cfg.data.as_path())];
+    crate::fsx::check_output_dir("--out", out, &inputs)?;
+    let Ok(mut entries) = std::fs::read_dir(out) else { return Ok(()) };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    let earlier = recorded_run(out).ok().flatten();
+    match (earlier, cfg.overwrite) {
+        (Some(_), true) => crate::fsx::remove_dir_atomically(out),
+        (Some(earlier), false) => {
+            let what = if cfg.clone().continuing(&earlier).is_ok() { "this run" } else { "a different run" };
+            usage(format!(
+                "--out {} already holds {what}; pass --resume {}/checkpoint-NNNNNN to continue it or --overwrite to start over",
+                out.display(),
+                out.display()
+            ))
+        }
+        (None, _) => usage(format!(
+            "--out {} holds files that are not a spo run; choose an empty or new directory",
+            out.display()
+        )),
+    }
 }
 
 /// A flag raised by Ctrl-C: training finishes the current step, writes a
@@ -295,15 +349,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             args.device
         ));
     }
-    let run_file = cfg.out.join("run_config.json");
-    if let (Ok(text), None, false) = (std::fs::read_to_string(&run_file), &args.resume, cfg.overwrite) {
-        let previous: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let what = if previous == identity(&cfg)? { "this run" } else { "a different run" };
-        return usage(format!(
-            "--out {} already holds {what}; pass --resume {}/checkpoint-NNNNNN to continue it or --overwrite to start over",
-            cfg.out.display(),
-            cfg.out.display()
-        ));
+    match &args.resume {
+        Some(_) if cfg.overwrite => return usage("--resume continues a run and --overwrite removes it: give one"),
+        Some(_) => crate::fsx::check_output_dir("--out", &cfg.out, &[("--data", cfg.data.as_path())])?,
+        None => prepare_fresh_out(&cfg)?,
     }
     let stop = stop_on_ctrl_c();
     train(&cfg, args.resume.as_deref(), &stop, args.stop_after)

@@ -78,8 +78,11 @@ pub struct Report {
     /// Mean of (score of story 2 − score of story 1) over all verdicts: 0 for a judge
     /// without position bias, since every pair is shown in both orders.
     pub position_bias: f64,
-    /// Fraction of untied verdicts won by the story shown second (0.5 without bias).
+    /// Fraction of untied verdicts won by the story shown second (0.5 without bias;
+    /// also 0.5 when there is no untied verdict, see `untied_verdicts`).
     pub second_wins: f64,
+    /// Verdicts with different scores, the base of `second_wins`.
+    pub untied_verdicts: usize,
 }
 
 impl Report {
@@ -109,6 +112,7 @@ impl Report {
         }
         r.position_bias = if n > 0 { diff / n as f64 } else { 0.0 };
         r.second_wins = if untied > 0 { second as f64 / untied as f64 } else { 0.5 };
+        r.untied_verdicts = untied;
         r
     }
 }

@@ -14,7 +14,9 @@ pub mod spo;
 
 pub use baselines::{dpo_loss, ipo_loss};
 pub use kl::{token_kl, token_kl_rows};
-pub use spo::{preference_weights, spo_preference_loss, Weighting};
+pub use spo::{
+    preference_weights, soft_importance_normaliser, spo_preference_loss, spo_preference_loss_in_batch, Weighting,
+};
 
 use candle_core::Tensor;
 use serde::Serialize;

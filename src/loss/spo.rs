@@ -27,13 +27,38 @@ pub enum Weighting {
 /// `logp_a`, `logp_b` are the sequence log-probs of the two responses of each pair;
 /// the result does not depend on their order.
 pub fn preference_weights(logp_a: &Tensor, logp_b: &Tensor, weighting: Weighting) -> Result<Tensor> {
-    let (a, b) = (logp_a.detach(), logp_b.detach());
+    weights_in_batch(logp_a, logp_b, weighting, None)
+}
+
+/// SoftImportance's `γ·log(π(y_1) + π(y_2))` of each pair, detached.
+fn soft_importance_scores(logp_a: &Tensor, logp_b: &Tensor, gamma: f64) -> Result<Tensor> {
+    log_add_exp(&logp_a.detach(), &logp_b.detach())? * gamma
+}
+
+/// The normaliser of SoftImportance over a whole batch whose sequence log-probs are
+/// given in parts (micro-batches): the mean of `γ·log(π(y_1) + π(y_2))` over every pair.
+pub fn soft_importance_normaliser(parts: &[(Tensor, Tensor)], gamma: f64) -> Result<f64> {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for (a, b) in parts {
+        let s = soft_importance_scores(a, b, gamma)?;
+        sum += s.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        n += s.elem_count();
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
+/// μ of part of a batch: with `normaliser` (from [`soft_importance_normaliser`] over
+/// the whole batch), SoftImportance weighs a micro-batch exactly as it would inside
+/// the whole batch; without it, the part is the batch.
+fn weights_in_batch(logp_a: &Tensor, logp_b: &Tensor, weighting: Weighting, normaliser: Option<f64>) -> Result<Tensor> {
     match weighting {
-        Weighting::Uniform => a.ones_like(),
+        Weighting::Uniform => logp_a.detach().ones_like(),
         Weighting::SoftImportance { gamma } => {
-            let s = (log_add_exp(&a, &b)? * gamma)?;
-            let normaliser = s.mean_all()?;
-            sigmoid(&s.broadcast_sub(&normaliser)?)
+            let s = soft_importance_scores(logp_a, logp_b, gamma)?;
+            match normaliser {
+                Some(n) => sigmoid(&(s - n)?),
+                None => sigmoid(&s.broadcast_sub(&s.mean_all()?)?),
+            }
         }
     }
 }
@@ -53,12 +78,25 @@ pub fn spo_preference_loss(
     alpha: f64,
     weighting: Weighting,
 ) -> Result<LossOutput> {
+    spo_preference_loss_in_batch(logp_chosen, logp_rejected, alpha, weighting, None)
+}
+
+/// [`spo_preference_loss`] of a micro-batch of a larger batch: μ's normaliser is the
+/// whole batch's when given (see [`soft_importance_normaliser`]), so splitting a
+/// batch into micro-batches (a memory setting) does not change the optimisation.
+pub fn spo_preference_loss_in_batch(
+    logp_chosen: &Tensor,
+    logp_rejected: &Tensor,
+    alpha: f64,
+    weighting: Weighting,
+    normaliser: Option<f64>,
+) -> Result<LossOutput> {
     if !(alpha >= 0.0 && alpha.is_finite()) {
         candle_core::bail!("SPO needs a finite α ≥ 0, got {alpha}");
     }
     let delta = (logp_chosen - logp_rejected)?;
     let per_pair = if alpha > 0.0 { (log_sigmoid(&(&delta * alpha)?)? * (-1.0 / alpha))? } else { (&delta * -0.5)? };
-    let mu = preference_weights(logp_chosen, logp_rejected, weighting)?;
+    let mu = weights_in_batch(logp_chosen, logp_rejected, weighting, normaliser)?;
     let loss = (per_pair * &mu)?.mean_all()?;
     let stats = LossStats {
         mean_delta: mean_f64(&delta)?,

@@ -25,6 +25,9 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     /// Whether the output head shares the token embedding.
     pub tie_word_embeddings: bool,
+    /// RoPE frequency rescaling for a longer context (Llama 3.x, linear), if any.
+    #[serde(default)]
+    pub rope_scaling: Option<super::rope::RopeScaling>,
 }
 
 impl LlamaConfig {
@@ -46,6 +49,7 @@ impl LlamaConfig {
             rope_theta: 10_000.0,
             max_position_embeddings: 64,
             tie_word_embeddings: false,
+            rope_scaling: None,
         }
     }
 
@@ -60,6 +64,9 @@ impl LlamaConfig {
             && self.head_dim().is_multiple_of(2)
             && self.max_position_embeddings > 0;
         anyhow::ensure!(ok, "inconsistent llama configuration: {self:?}");
+        if let Some(s) = &self.rope_scaling {
+            s.validate().map_err(anyhow::Error::msg)?;
+        }
         Ok(())
     }
 }

@@ -167,7 +167,13 @@ impl Llama {
         let embed = take("model.embed_tokens.weight".into());
         let norm = take("model.norm.weight".into());
         let lm_head = (!config.tie_word_embeddings).then(|| take("lm_head.weight".into()));
-        let rope = Rope::new(config.head_dim(), config.max_position_embeddings, config.rope_theta, dtype, device)?;
+        let rope = Rope::new(
+            config.head_dim(),
+            config.max_position_embeddings,
+            config.rope_theta,
+            config.rope_scaling.as_ref(),
+            dtype,
+        );
         Ok(Self { config, embed, blocks, norm, lm_head, rope, dtype, device: device.clone() })
     }
 
@@ -257,13 +263,14 @@ impl Llama {
             cache.layers.resize(self.blocks.len(), None);
         }
         let scale = 1.0 / (hd as f64).sqrt();
+        let rotation = self.rope.at(positions, &self.device)?;
         for (li, blk) in self.blocks.iter().enumerate() {
             let xn = rms_norm(&x, &w(&blk.attn_norm, track), c.rms_norm_eps)?;
             let heads = |wt: &Var, n: usize| -> Result<Tensor> {
                 linear(&xn, &w(wt, track))?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
             };
-            let q = self.rope.apply(&heads(&blk.wq, h)?, positions)?;
-            let mut k = self.rope.apply(&heads(&blk.wk, kvh)?, positions)?;
+            let q = rotation.apply(&heads(&blk.wq, h)?)?;
+            let mut k = rotation.apply(&heads(&blk.wk, kvh)?)?;
             let mut v = heads(&blk.wv, kvh)?;
             if let Some(cache) = cache.as_deref_mut() {
                 if let Some((pk, pv)) = &cache.layers[li] {

@@ -154,7 +154,14 @@ impl Tokenizer {
         };
         let (bos, eos) = (special("bos_token", "bos_token_id"), special("eos_token", "eos_token_id"));
         let mut tok = Self::new(inner, bos, eos, false);
-        tok.add_bos = tc["add_bos_token"].as_bool().unwrap_or(false);
+        // without the flag, the tokenizer's post-processor decides (Llama 3 adds BOS there)
+        tok.add_bos = match tc["add_bos_token"].as_bool() {
+            Some(add) => add,
+            None => {
+                let ids = tok.inner.encode("a", true).map(|e| e.get_ids().first().copied());
+                bos.is_some() && ids.is_ok_and(|first| first == bos)
+            }
+        };
         tok.chat_template = match std::fs::read_to_string(dir.join("chat_template.jinja")) {
             Ok(t) => Some(t),
             Err(_) => tc["chat_template"].as_str().map(String::from),

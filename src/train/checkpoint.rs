@@ -1,5 +1,6 @@
 //! Checkpoints: a loadable Hugging Face directory plus the optimiser state and the
-//! trainer state (step, cached KL samples), written atomically (temp dir + rename).
+//! trainer state (step, cached KL samples), written crash-safely: a temporary
+//! directory, fsynced, then swapped into place ([`crate::fsx::replace_dir`]).
 
 use super::optim::AdamW;
 use crate::model::load::hf;
@@ -58,13 +59,17 @@ pub fn save(out: &Path, model: &Llama, tok: &Tokenizer, opt: &AdamW, state: &Tra
     Ok(dir)
 }
 
-/// Reads the trainer state of a checkpoint and restores the optimiser from it.
-pub fn restore(dir: &Path, opt: &mut AdamW, device: &Device) -> Result<TrainerState> {
+/// Reads the trainer state of a checkpoint (its step, KL samples and run configuration).
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path)
         .with_context(|| format!("{}: not a spo checkpoint (no trainer_state.json)", dir.display()))?;
-    let state: TrainerState =
-        serde_json::from_str(&text).with_context(|| format!("{}: corrupt", state_path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: corrupt", state_path.display()))
+}
+
+/// Reads the trainer state of a checkpoint and restores the optimiser from it.
+pub fn restore(dir: &Path, opt: &mut AdamW, device: &Device) -> Result<TrainerState> {
+    let state = read_state(dir)?;
     if !dir.join("optimizer.safetensors").is_file() {
         bail!(
             "{}: saved with save_only_model (no optimizer state), so it can be evaluated but not resumed",

@@ -40,6 +40,10 @@ pub enum WeightingKind {
     SoftImportance,
 }
 
+/// Options that may differ when a run is resumed: its length, its checkpoint and
+/// evaluation cadence, where and how it is written. Every other option is the run.
+pub const RESUMABLE_CHANGES: [&str; 6] = ["steps", "save_every", "eval_every", "save_only_model", "overwrite", "out"];
+
 /// The full training configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -189,6 +193,40 @@ impl TrainConfig {
         self.loss == LossKind::Spo && self.beta > 0.0
     }
 
+    /// Continues `earlier` (the run a checkpoint or output directory holds) with
+    /// this configuration. Options that change what the run is are refused, listed
+    /// as `key: earlier → now`; the ones that may change ([`RESUMABLE_CHANGES`]) are
+    /// taken and returned as the list of changes to record. An unset warm-up keeps
+    /// the earlier run's, so a longer run does not re-shape a schedule already used.
+    pub fn continuing(mut self, earlier: &TrainConfig) -> Result<(TrainConfig, Vec<String>), Vec<String>> {
+        if self.warmup_steps.is_none() {
+            self.warmup_steps = Some(earlier.warmup());
+        }
+        let (now, was) = (
+            serde_json::to_value(&self).expect("serialisable"),
+            serde_json::to_value(TrainConfig { warmup_steps: Some(earlier.warmup()), ..earlier.clone() })
+                .expect("serialisable"),
+        );
+        let (mut refused, mut changed) = (Vec::new(), Vec::new());
+        for (key, value) in now.as_object().expect("an object") {
+            let before = &was[key.as_str()];
+            if before == value {
+                continue;
+            }
+            let line = format!("{key}: {before} → {value}");
+            if RESUMABLE_CHANGES.contains(&key.as_str()) {
+                changed.push(line);
+            } else {
+                refused.push(line);
+            }
+        }
+        if refused.is_empty() {
+            Ok((self, changed))
+        } else {
+            Err(refused)
+        }
+    }
+
     /// Checks ranges; each message names the option.
     pub fn validate(&self) -> Result<(), String> {
         let checks: [(bool, &str); 12] = [
@@ -201,8 +239,8 @@ impl TrainConfig {
             (self.lr > 0.0 && self.lr.is_finite(), "lr must be > 0"),
             ((0.0..1.0).contains(&self.eval_fraction), "eval-fraction must be in [0, 1)"),
             (
-                self.kl_refresh > 0 && self.kl_samples > 0 && self.kl_micro_batch > 0,
-                "kl-refresh, kl-samples and kl-micro-batch must be at least 1",
+                self.kl_refresh > 0 && self.kl_samples > 0 && self.kl_micro_batch > 0 && self.kl_max_tokens > 0,
+                "kl-refresh, kl-samples, kl-micro-batch and kl-max-tokens must be at least 1",
             ),
             (self.max_prompt_length < self.max_length, "max-prompt-length must be below max-length"),
             (
@@ -240,5 +278,16 @@ mod tests {
         assert_eq!((c.loss, c.beta, c.steps, c.weighting), (LossKind::Dpo, 0.1, 7, WeightingKind::SoftImportance));
         assert_eq!(c.kl_refresh, 8);
         assert!(toml::from_str::<TrainConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn a_resumed_run_may_grow_but_not_change_what_it_is() {
+        let earlier = TrainConfig { steps: 80, ..Default::default() };
+        let (now, changes) =
+            TrainConfig { steps: 160, save_every: 5, ..Default::default() }.continuing(&earlier).unwrap();
+        assert_eq!(now.warmup(), 10, "the warm-up of the 80-step run is kept");
+        assert_eq!(changes, vec!["save_every: 100 → 5", "steps: 80 → 160"]);
+        let refused = TrainConfig { alpha: 0.5, lr: 1.0, ..earlier.clone() }.continuing(&earlier).unwrap_err();
+        assert_eq!(refused, vec!["alpha: 0.03 → 0.5", "lr: 0.00001 → 1.0"]);
     }
 }

@@ -7,7 +7,10 @@ pub mod config;
 pub mod optim;
 
 use crate::batch::{response_logps, tokenize, SequenceBatch, TokenPair};
-use crate::loss::{baselines::PairLogps, dpo_loss, ipo_loss, spo_preference_loss, token_kl_rows, LossOutput};
+use crate::loss::{
+    baselines::PairLogps, dpo_loss, ipo_loss, soft_importance_normaliser, spo_preference_loss_in_batch, token_kl_rows,
+    LossOutput, Weighting,
+};
 use crate::model::{load, Llama};
 use crate::sample::{generate, SamplingConfig};
 use crate::tokenizer::Tokenizer;
@@ -116,7 +119,9 @@ impl Trainer {
                 ds.skipped_degenerate
             ));
         }
-        let (mut pairs, dropped) = tokenize(&tok, &ds.pairs, cfg.truncation())?;
+        let context = base.model.config().max_position_embeddings;
+        let name = |i: usize| format!("{}:{}", cfg.data.display(), ds.lines[i]);
+        let (mut pairs, dropped) = tokenize(&tok, &ds.pairs, cfg.truncation(), context, name)?;
         if dropped > 0 {
             progress.note(&format!("warning: skipped {dropped} pair(s) whose response was truncated to nothing"));
         }
@@ -221,10 +226,11 @@ impl Trainer {
         rejected: &Tensor,
         lengths: &[usize],
         cache: &RefCache,
+        normaliser: Option<f64>,
     ) -> Result<LossOutput> {
         let c = &self.cfg;
         if c.loss == LossKind::Spo {
-            return Ok(spo_preference_loss(chosen, rejected, c.alpha, c.weighting())?);
+            return Ok(spo_preference_loss_in_batch(chosen, rejected, c.alpha, c.weighting(), normaliser)?);
         }
         let dev = chosen.device();
         let dt = chosen.dtype();
@@ -241,6 +247,35 @@ impl Trainer {
                 ipo_loss(logps, &lens(0)?, &lens(b)?, c.beta)?
             }
         })
+    }
+
+    /// SoftImportance's μ normaliser over the whole batch `idx` when it is split into
+    /// micro-batches (a no-grad pass first); `None` when one pass sees the batch.
+    fn batch_normaliser(&self, idx: &[usize]) -> Result<Option<f64>> {
+        let Weighting::SoftImportance { gamma } = self.cfg.weighting() else { return Ok(None) };
+        if self.cfg.loss != LossKind::Spo || idx.len() <= self.cfg.micro_batch_size {
+            return Ok(None);
+        }
+        let parts = idx
+            .chunks(self.cfg.micro_batch_size)
+            .map(|chunk| {
+                let pairs: Vec<&TokenPair> = chunk.iter().map(|&i| &self.train[i]).collect();
+                let (c, r, _) = pair_logps(&self.policy, &pairs, self.pad(), false)?;
+                Ok((c, r))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(soft_importance_normaliser(&parts, gamma)?))
+    }
+
+    /// Stops a run whose weights are no longer finite (a collapsed model).
+    fn check_weights_finite(&self) -> Result<()> {
+        for (name, var) in self.policy.named_vars() {
+            let sum = scalar(&var.as_tensor().sum_all()?)?;
+            if !sum.is_finite() {
+                bail!("weight {name} is no longer finite after step {}: the model has collapsed", self.step + 1);
+            }
+        }
+        Ok(())
     }
 
     /// Draws fresh KL samples from the current policy (the paper's refresh).
@@ -314,11 +349,12 @@ impl Trainer {
         let (mut pref, mut lw, mut ll, mut acc_pref, mut mu, mut delta, mut tokens) =
             (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0usize);
         let (mut rw, mut rl) = (0.0, 0.0);
+        let normaliser = self.batch_normaliser(&idx)?;
         for chunk in idx.chunks(c.micro_batch_size) {
             let pairs: Vec<&TokenPair> = chunk.iter().map(|&i| &self.train[i]).collect();
             let (chosen, rejected, lengths) = pair_logps(&self.policy, &pairs, self.pad(), true)?;
             tokens += pairs.iter().map(|p| p.prompt.len() * 2 + p.chosen.len() + p.rejected.len()).sum::<usize>();
-            let out = self.loss(chunk, &chosen, &rejected, &lengths, &self.ref_train)?;
+            let out = self.loss(chunk, &chosen, &rejected, &lengths, &self.ref_train, normaliser)?;
             let w = chunk.len() as f64 / b_total;
             let value = scalar(&out.loss)?;
             if !value.is_finite() {
@@ -352,8 +388,16 @@ impl Trainer {
         if !norm.is_finite() {
             bail!("the gradient norm is {norm} at step {} (preference loss {pref}, KL {kl:?})", self.step + 1);
         }
+        if norm == 0.0 {
+            // nothing left to learn from: saturated or uniform outputs
+            bail!(
+                "the gradient norm is exactly 0 at step {}: the model has collapsed (a learning rate too large?)",
+                self.step + 1
+            );
+        }
         let lr = c.lr_at(self.step);
         self.opt.step(&acc, lr)?;
+        self.check_weights_finite()?;
         self.step += 1;
         let secs = start.elapsed().as_secs_f64();
         let is_spo = c.loss == LossKind::Spo;
@@ -433,6 +477,9 @@ impl Trainer {
     ) -> Result<()> {
         let out = self.cfg.out.clone();
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        for stale in crate::fsx::clean_stale(&out)? {
+            progress.note(&format!("removed {} (left by an interrupted checkpoint)", stale.display()));
+        }
         let metrics_path = out.join("metrics.jsonl");
         truncate_metrics(&metrics_path, self.step)?;
         let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)?;

@@ -2,6 +2,7 @@
 //! the tokenizer and chat template from the metadata.
 
 use super::{unpermute, Loaded};
+use crate::model::rope::RopeScaling;
 use crate::model::{Llama, LlamaConfig};
 use crate::tokenizer::build::{byte_level_bpe, sentencepiece_bpe, Vocabulary};
 use anyhow::{anyhow, bail, Context, Result};
@@ -103,13 +104,58 @@ pub fn gguf_name(hf: &str, tied: bool) -> (String, Option<Heads>) {
     (format!("blk.{i}.{g}.weight"), heads)
 }
 
+/// `llama.rope.scaling.*`: none or linear are supported; per-frequency factors
+/// (`rope_freqs.weight`, how llama.cpp stores Llama 3.1's scaling) and other kinds
+/// are refused rather than ignored.
+fn rope_scaling(c: &Content) -> Result<Option<RopeScaling>> {
+    if c.tensor_infos.contains_key("rope_freqs.weight") {
+        bail!(
+            "RoPE frequency factors (rope_freqs.weight, Llama 3.1-style scaling) are not supported in GGUF files; \
+             load the Hugging Face checkpoint instead (its rope_scaling is supported)"
+        );
+    }
+    let kind = meta(c, "llama.rope.scaling.type").and_then(|v| v.to_string().ok()).cloned();
+    match kind.as_deref() {
+        None | Some("none") => Ok(None),
+        Some("linear") => {
+            let factor = meta_f(c, "llama.rope.scaling.factor")
+                .ok_or_else(|| anyhow!("linear RoPE scaling without a factor"))?;
+            Ok(Some(RopeScaling::Linear { factor }))
+        }
+        Some(other) => bail!("RoPE scaling {other:?} is not supported (none or linear)"),
+    }
+}
+
+/// Refuses attention shapes the model does not implement: a head width other than
+/// `embedding_length / head_count`, or RoPE over part of each head.
+fn check_head_shapes(c: &Content, config: &LlamaConfig) -> Result<()> {
+    let hd = config.head_dim();
+    for key in ["llama.attention.key_length", "llama.attention.value_length", "llama.rope.dimension_count"] {
+        if let Ok(n) = meta_u(c, key) {
+            if n != hd {
+                bail!("{key} = {n} is not supported (only {hd} = embedding_length / head_count)");
+            }
+        }
+    }
+    let known: std::collections::HashSet<String> = crate::model::llama::weight_shapes(config)
+        .into_iter()
+        .map(|(name, _)| gguf_name(&name, config.tie_word_embeddings).0)
+        .collect();
+    let mut unknown: Vec<&String> = c.tensor_infos.keys().filter(|k| !known.contains(*k)).collect();
+    if !unknown.is_empty() {
+        unknown.sort();
+        bail!("tensors this llama implementation would ignore (biases, other layers): {unknown:?}");
+    }
+    Ok(())
+}
+
 fn read_config(c: &Content) -> Result<LlamaConfig> {
     let heads = meta_u(c, "llama.attention.head_count")?;
     let vocab = match meta_u(c, "llama.vocab_size") {
         Ok(v) => v,
         Err(_) => strings(c, "tokenizer.ggml.tokens")?.len(),
     };
-    Ok(LlamaConfig {
+    let config = LlamaConfig {
         vocab_size: vocab,
         hidden_size: meta_u(c, "llama.embedding_length")?,
         intermediate_size: meta_u(c, "llama.feed_forward_length")?,
@@ -120,7 +166,11 @@ fn read_config(c: &Content) -> Result<LlamaConfig> {
         rope_theta: meta_f(c, "llama.rope.freq_base").unwrap_or(10_000.0),
         max_position_embeddings: meta_u(c, "llama.context_length")?,
         tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
-    })
+        rope_scaling: rope_scaling(c)?,
+    };
+    config.validate()?;
+    check_head_shapes(c, &config)?;
+    Ok(config)
 }
 
 fn read_tokenizer(c: &Content) -> Result<crate::tokenizer::Tokenizer> {

@@ -3,6 +3,7 @@
 //! saver, which writes a directory transformers loads as is.
 
 use super::Loaded;
+use crate::model::rope::RopeScaling;
 use crate::model::{Llama, LlamaConfig};
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
@@ -16,12 +17,17 @@ fn config_from_json(v: &serde_json::Value, has_lm_head: bool) -> Result<LlamaCon
     if model_type != "llama" {
         bail!("model_type {model_type:?} is not supported (only llama)");
     }
-    if !v["rope_scaling"].is_null() {
-        bail!("rope_scaling {} is not supported", v["rope_scaling"]);
+    for (key, supported) in [("attention_bias", false), ("mlp_bias", false)] {
+        if v[key].as_bool().is_some_and(|b| b != supported) {
+            bail!("{key} = {} is not supported (this llama implementation has no biases)", v[key]);
+        }
+    }
+    if let Some(act) = v["hidden_act"].as_str().filter(|a| *a != "silu") {
+        bail!("hidden_act {act:?} is not supported (only silu)");
     }
     let u = |k: &str| v[k].as_u64().map(|x| x as usize).ok_or_else(|| anyhow!("config.json: missing integer {k}"));
     let heads = u("num_attention_heads")?;
-    Ok(LlamaConfig {
+    let config = LlamaConfig {
         vocab_size: u("vocab_size")?,
         hidden_size: u("hidden_size")?,
         intermediate_size: u("intermediate_size")?,
@@ -32,7 +38,52 @@ fn config_from_json(v: &serde_json::Value, has_lm_head: bool) -> Result<LlamaCon
         rope_theta: v["rope_theta"].as_f64().unwrap_or(10_000.0),
         max_position_embeddings: u("max_position_embeddings").unwrap_or(2048),
         tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false) || !has_lm_head,
+        rope_scaling: rope_scaling(&v["rope_scaling"])?,
+    };
+    if let Some(hd) = v["head_dim"].as_u64().filter(|&hd| hd as usize != config.head_dim()) {
+        bail!("head_dim {hd} is not supported (only hidden_size / num_attention_heads = {})", config.head_dim());
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// `rope_scaling` of config.json: none, `linear` or `llama3`; other kinds are refused.
+fn rope_scaling(v: &serde_json::Value) -> Result<Option<RopeScaling>> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    let kind = v["rope_type"].as_str().or_else(|| v["type"].as_str()).unwrap_or("");
+    let f = |k: &str| v[k].as_f64().ok_or_else(|| anyhow!("rope_scaling: missing number {k}"));
+    Ok(match kind {
+        "default" => None,
+        "linear" => Some(RopeScaling::Linear { factor: f("factor")? }),
+        "llama3" => Some(RopeScaling::Llama3 {
+            factor: f("factor")?,
+            low_freq_factor: f("low_freq_factor")?,
+            high_freq_factor: f("high_freq_factor")?,
+            original_max_position_embeddings: f("original_max_position_embeddings")? as usize,
+        }),
+        _ => bail!("rope_scaling {v} is not supported (linear or llama3)"),
     })
+}
+
+/// Refuses checkpoints with tensors the model would silently drop (biases, extra
+/// layers); RoPE buffers that some exports include are harmless and skipped.
+fn check_tensor_names(st: &MmapedSafetensors, config: &LlamaConfig, dir: &Path) -> Result<()> {
+    let known: std::collections::HashSet<String> =
+        crate::model::llama::weight_shapes(config).into_iter().map(|(n, _)| n).collect();
+    let mut unknown: Vec<String> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| !known.contains(n) && !n.ends_with("rotary_emb.inv_freq") && n != "lm_head.weight")
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort();
+    unknown.truncate(8);
+    bail!("{}: tensors this llama implementation would ignore: {unknown:?}", dir.display())
 }
 
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -67,6 +118,7 @@ pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
         .map_err(|e| anyhow!("{}: corrupt safetensors: {e}", dir.display()))?;
     let has_lm_head = st.get("lm_head.weight").is_ok();
     let config = config_from_json(&json, has_lm_head).with_context(|| format!("{}", cfg_path.display()))?;
+    check_tensor_names(&st, &config, dir)?;
     let tokenizer = Tokenizer::from_hf_dir(dir, &json)?;
     if tokenizer.vocab_size() > config.vocab_size {
         bail!(
@@ -97,25 +149,18 @@ pub fn save_with(
     dir: &Path,
     extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = crate::fsx::parent_of(dir);
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = dir.file_name().ok_or_else(|| anyhow!("{}: not a directory name", dir.display()))?.to_string_lossy();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = crate::fsx::sibling_temp(dir, "tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp)?;
     write_files(model, tokenizer, &tmp)?;
     extra(&tmp)?;
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::rename(dir, &old).with_context(|| format!("moving the previous {} aside", dir.display()))?;
-    }
-    std::fs::rename(&tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
-    Ok(())
+    // durable before it becomes visible: a crash leaves the old or the new whole
+    crate::fsx::sync_tree(&tmp)?;
+    crate::fsx::replace_dir(&tmp, dir)
 }
 
 fn write_files(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
@@ -134,6 +179,7 @@ fn write_files(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
         "rms_norm_eps": c.rms_norm_eps,
         "rope_theta": c.rope_theta,
         "max_position_embeddings": c.max_position_embeddings,
+        "rope_scaling": c.rope_scaling,
         "tie_word_embeddings": c.tie_word_embeddings,
         "attention_bias": false,
         "mlp_bias": false,

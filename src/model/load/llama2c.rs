@@ -73,15 +73,25 @@ pub fn parse(bytes: &[u8], dtype: DType, device: &Device) -> Result<(Llama, Vers
         rope_theta: 10_000.0,
         max_position_embeddings: seq_len,
         tie_word_embeddings: shared,
+        rope_scaling: None,
     };
     config.validate()?;
     let floats = &bytes[offset..];
     ensure!(floats.len().is_multiple_of(4), "weight section is not a whole number of f32");
-    let mut data: Vec<f32> = floats.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    let order = layout(&config, version);
-    let needed: usize = order.iter().map(|(_, n)| n).sum();
-    ensure!(data.len() >= needed, "truncated: {} weights present, the header implies {needed}", data.len());
-    data.truncate(needed);
+    let order = layout(&config, version)?;
+    // checked: a crafted header's sizes must not overflow or allocate before this test
+    let needed = order.iter().try_fold(0usize, |acc, (_, n)| acc.checked_add(*n));
+    let present = floats.len() / 4;
+    match needed {
+        Some(n) if n <= present => {}
+        _ => bail!(
+            "truncated: {present} weights present, the header implies {}",
+            needed.map_or("more".into(), |n| n.to_string())
+        ),
+    }
+    let needed = needed.expect("checked above");
+    let data: Vec<f32> =
+        floats[..needed * 4].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let mut at = 0;
     for (name, n) in order {
@@ -113,25 +123,27 @@ pub fn parse(bytes: &[u8], dtype: DType, device: &Device) -> Result<(Llama, Vers
 /// The weight sections of a file in order: a name (with `{}` for the layer and a
 /// trailing `*` when the section holds every layer) and its element count. Empty
 /// names are skipped (v0's unused RoPE tables).
-fn layout(c: &LlamaConfig, version: Version) -> Vec<(String, usize)> {
+fn layout(c: &LlamaConfig, version: Version) -> Result<Vec<(String, usize)>> {
     let (d, f, l, v) = (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size);
-    let kv = c.num_key_value_heads * c.head_dim();
-    let q = c.num_attention_heads * c.head_dim();
-    let layer = |field: &str, n: usize| (format!("model.layers.{{}}.{field}*"), l * n);
+    let mul = usize::saturating_mul;
+    let kv = mul(c.num_key_value_heads, c.head_dim());
+    let q = mul(c.num_attention_heads, c.head_dim());
+    // sizes saturate instead of wrapping; any saturated one fails the check below
+    let layer = |field: &str, n: usize| (format!("model.layers.{{}}.{field}*"), mul(l, n));
     let attn_norm = layer("input_layernorm.weight", d);
     let ffn_norm = layer("post_attention_layernorm.weight", d);
     let projections = [
-        layer("self_attn.q_proj.weight", q * d),
-        layer("self_attn.k_proj.weight", kv * d),
-        layer("self_attn.v_proj.weight", kv * d),
-        layer("self_attn.o_proj.weight", d * q),
+        layer("self_attn.q_proj.weight", mul(q, d)),
+        layer("self_attn.k_proj.weight", mul(kv, d)),
+        layer("self_attn.v_proj.weight", mul(kv, d)),
+        layer("self_attn.o_proj.weight", mul(d, q)),
     ];
     let mlp = [
-        layer("mlp.gate_proj.weight", f * d),
-        layer("mlp.down_proj.weight", d * f),
-        layer("mlp.up_proj.weight", f * d),
+        layer("mlp.gate_proj.weight", mul(f, d)),
+        layer("mlp.down_proj.weight", mul(d, f)),
+        layer("mlp.up_proj.weight", mul(f, d)),
     ];
-    let embed = ("model.embed_tokens.weight".to_string(), v * d);
+    let embed = ("model.embed_tokens.weight".to_string(), mul(v, d));
     let norm = ("model.norm.weight".to_string(), d);
     let mut out = match version {
         Version::V0 => {
@@ -140,7 +152,7 @@ fn layout(c: &LlamaConfig, version: Version) -> Vec<(String, usize)> {
             o.push(ffn_norm);
             o.extend(mlp);
             o.push(norm);
-            o.push((String::new(), c.max_position_embeddings * c.head_dim())); // freq_cis real + imag
+            o.push((String::new(), mul(c.max_position_embeddings, c.head_dim()))); // freq_cis real + imag
             o
         }
         Version::V1 => {
@@ -151,9 +163,12 @@ fn layout(c: &LlamaConfig, version: Version) -> Vec<(String, usize)> {
         }
     };
     if !c.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), v * d));
+        out.push(("lm_head.weight".to_string(), mul(v, d)));
     }
-    out
+    if out.iter().any(|(_, n)| *n == usize::MAX) {
+        bail!("the header's sizes overflow: {c:?}");
+    }
+    Ok(out)
 }
 
 /// Writes `model` as a llama2.c checkpoint of the given header version (f32, RoPE
@@ -201,7 +216,7 @@ pub fn write(model: &Llama, path: &Path, version: Version) -> Result<()> {
             out.resize(256, 0);
         }
     }
-    for (name, n) in layout(c, version) {
+    for (name, n) in layout(c, version)? {
         let values: Vec<f32> = if name.is_empty() {
             vec![0.0; n]
         } else if let Some(stem) = name.strip_suffix('*') {
