@@ -168,9 +168,14 @@ fn sharded_safetensors_with_an_index_load() {
 
 /// Writes the model as llama.cpp would: GGUF names, q/k permuted to interleaved RoPE.
 fn write_gguf(m: &Llama, path: &Path) {
+    write_gguf_with(m, path, Vec::new(), Vec::new());
+}
+
+/// [`write_gguf`] with more metadata and tensors.
+fn write_gguf_with(m: &Llama, path: &Path, extra_meta: Vec<(&str, Value)>, extra: Vec<(String, QTensor)>) {
     let c = m.config();
     let vocab = toy_vocabulary(c.vocab_size);
-    let meta: Vec<(&str, Value)> = vec![
+    let mut meta: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
         ("llama.block_count", Value::U32(c.num_hidden_layers as u32)),
         ("llama.context_length", Value::U32(c.max_position_embeddings as u32)),
@@ -187,7 +192,8 @@ fn write_gguf(m: &Llama, path: &Path) {
         ("tokenizer.ggml.bos_token_id", Value::U32(1)),
         ("tokenizer.ggml.eos_token_id", Value::U32(2)),
     ];
-    let mut tensors = Vec::new();
+    meta.extend(extra_meta);
+    let mut tensors = extra;
     for (name, var) in m.named_vars() {
         let t = var.as_tensor().detach();
         let (gguf, heads) = gguf_name(&name, c.tie_word_embeddings);
@@ -266,4 +272,150 @@ fn bad_model_paths_say_which_file_and_why() {
     let out = common::spo(&["generate", "--model", dir.join("nope").to_str().unwrap(), "--max-tokens", "2"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
+}
+
+/// Saves the tiny model as a Hugging Face directory and edits its config.json.
+fn hf_with_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> std::path::PathBuf {
+    let ckpt = dir.join("ckpt");
+    hf::save(&tiny(DType::F32), &toy_tokenizer(), &ckpt).unwrap();
+    let path = ckpt.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, v.to_string()).unwrap();
+    ckpt
+}
+
+fn load_error(path: &Path) -> String {
+    format!("{:#}", load(path, DType::F32, &Device::Cpu).unwrap_err())
+}
+
+/// What the model does not implement is refused by name, never silently ignored.
+#[test]
+fn hf_configs_the_model_would_misread_are_refused() {
+    let dir = common::temp_dir("hf-refuse");
+    for (key, value, needle) in [
+        ("attention_bias", serde_json::json!(true), "attention_bias"),
+        ("mlp_bias", serde_json::json!(true), "mlp_bias"),
+        ("hidden_act", serde_json::json!("gelu"), "hidden_act \"gelu\""),
+        ("head_dim", serde_json::json!(4), "head_dim 4"),
+        ("rope_scaling", serde_json::json!({"rope_type": "yarn", "factor": 4.0}), "not supported"),
+    ] {
+        let ckpt = hf_with_config(&dir, |v| v[key] = value);
+        let err = load_error(&ckpt);
+        assert!(err.contains(needle), "{key}: {err}");
+        std::fs::remove_dir_all(&ckpt).unwrap();
+    }
+    // a tensor the model has no place for (a bias) is named
+    let ckpt = hf_with_config(&dir, |_| {});
+    let st = ckpt.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
+    tensors.insert("model.layers.0.self_attn.q_proj.bias".into(), Tensor::zeros(32, DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&tensors, &st).unwrap();
+    assert!(load_error(&ckpt).contains("model.layers.0.self_attn.q_proj.bias"));
+}
+
+/// Llama 3.1's RoPE scaling is applied (logits change only through the long
+/// wavelengths) and survives a save.
+#[test]
+fn llama3_rope_scaling_is_applied_and_saved() {
+    let dir = common::temp_dir("hf-llama3");
+    let scaling = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 16});
+    let ckpt = hf_with_config(&dir, |v| v["rope_scaling"] = scaling.clone());
+    let scaled = load(&ckpt, DType::F32, &Device::Cpu).unwrap();
+    assert!(max_diff(&logits(&scaled.model, &IDS), &logits(&tiny(DType::F32), &IDS)) > 1e-4, "scaling used");
+    hf::save(&scaled.model, &scaled.tokenizer, &dir.join("again")).unwrap();
+    let again = load(&dir.join("again"), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(logits(&again.model, &IDS), logits(&scaled.model, &IDS));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("again/config.json")).unwrap()).unwrap();
+    assert_eq!(saved["rope_scaling"], scaling);
+}
+
+/// A context length of two billion costs nothing until used: no tables are built
+/// for positions that never occur.
+#[test]
+fn a_huge_claimed_context_loads_and_runs_in_small_memory() {
+    let dir = common::temp_dir("hf-huge-context");
+    let ckpt = hf_with_config(&dir, |v| v["max_position_embeddings"] = serde_json::json!(2_000_000_000u64));
+    let loaded = load(&ckpt, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(logits(&loaded.model, &IDS), logits(&tiny(DType::F32), &IDS));
+}
+
+/// GGUF metadata the model does not implement is refused: RoPE frequency factors,
+/// other scaling kinds, a different key width; unknown tensors are named.
+#[test]
+fn gguf_features_the_model_would_ignore_are_refused() {
+    let dir = common::temp_dir("gguf-refuse");
+    let m = tiny(DType::F32);
+    let freqs = QTensor::quantize(&Tensor::ones(4, DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
+    let cases: Vec<(Vec<(&str, Value)>, Vec<(String, QTensor)>, &str)> = vec![
+        (vec![], vec![("rope_freqs.weight".into(), freqs)], "rope_freqs.weight"),
+        (vec![("llama.rope.scaling.type", Value::String("yarn".into()))], vec![], "\"yarn\" is not supported"),
+        (vec![("llama.attention.key_length", Value::U32(16))], vec![], "key_length = 16"),
+    ];
+    for (meta, tensors, needle) in cases {
+        let path = dir.join("x.gguf");
+        write_gguf_with(&m, &path, meta, tensors);
+        let err = load_error(&path);
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let path = dir.join("linear.gguf");
+    let linear = vec![
+        ("llama.rope.scaling.type", Value::String("linear".into())),
+        ("llama.rope.scaling.factor", Value::F32(2.0)),
+    ];
+    write_gguf_with(&m, &path, linear, vec![]);
+    let loaded = load(&path, DType::F32, &Device::Cpu).unwrap();
+    assert!(loaded.model.config().rope_scaling.is_some());
+}
+
+/// A llama2.c header whose sizes overflow when multiplied is an error, not a panic
+/// or an allocation.
+#[test]
+fn a_crafted_llama2c_header_is_an_error() {
+    let dir = common::temp_dir("llama2c-crafted");
+    let (big, huge) = (i32::MAX, 1 << 30);
+    for (header, needle) in [
+        ([huge, huge, huge, 2, 2, 61, 16], "overflow"),
+        ([64, 64, 1, 1, 1, 61, big], "truncated"),
+        ([2, 2, 1, 1, 1, big, 4], "truncated"),
+    ] {
+        let mut bytes: Vec<u8> = header.iter().flat_map(|x| x.to_le_bytes()).collect();
+        bytes.extend([0u8; 64]);
+        let path = dir.join("model.bin");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = match llama2c::parse(&bytes, DType::F32, &Device::Cpu) {
+            Ok(_) => panic!("{header:?} accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(needle), "{header:?}: {err}");
+    }
+}
+
+/// A tokenizer whose post-processor adds BOS (Llama 3), without `add_bos_token`
+/// in its config, still starts sequences with BOS.
+#[test]
+fn a_post_processor_that_adds_bos_is_honoured() {
+    let dir = common::temp_dir("hf-postproc");
+    let ckpt = hf_with_config(&dir, |_| {});
+    let bos = toy_tokenizer().decode(&[1]).unwrap();
+    let tc = ckpt.join("tokenizer_config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tc).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("add_bos_token");
+    std::fs::write(&tc, v.to_string()).unwrap();
+    let loaded = load(&ckpt, DType::F32, &Device::Cpu).unwrap();
+    assert!(!loaded.tokenizer.add_bos, "no flag and no post-processor: no BOS");
+    let tj = ckpt.join("tokenizer.json");
+    let mut t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tj).unwrap()).unwrap();
+    t["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {bos.clone(): {"id": bos, "ids": [1], "tokens": [bos]}}
+    });
+    std::fs::write(&tj, t.to_string()).unwrap();
+    let loaded = load(&ckpt, DType::F32, &Device::Cpu).unwrap();
+    assert!(loaded.tokenizer.add_bos);
+    assert_eq!(loaded.tokenizer.encode_prompt("hello").unwrap()[0], 1);
 }

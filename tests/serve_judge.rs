@@ -81,6 +81,16 @@ fn serve_speaks_openai_and_judge_uses_it() {
     assert!(bad.contains("\"error\"") && bad.ends_with("400"), "{bad}");
     let wrong = curl(&["-X", "POST", &format!("{base}/chat/completions"), "-d", r#"{"messages": "hi"}"#]);
     assert!(wrong.ends_with("400"), "{wrong}");
+    // sampling settings out of range are refused, not clamped or cut
+    for body in [
+        r#"{"prompt": "a", "n": 1000}"#,
+        r#"{"prompt": "a", "temperature": -1}"#,
+        r#"{"prompt": "a", "max_tokens": 0}"#,
+        r#"{"prompt": "a", "top_p": 0}"#,
+    ] {
+        let r = curl(&["-X", "POST", &format!("{base}/completions"), "-d", body]);
+        assert!(r.contains("\"error\"") && r.ends_with("400"), "{body}: {r}");
+    }
     // the tiny model rarely answers in the score format: unparseable verdicts are
     // counted as failed, never guessed, and the run completes with a report
     let pairs = pairs_file(&dir, 2);

@@ -16,7 +16,7 @@ use spo::theory::solve::{solve, SolveOptions};
 use spo::theory::world::PairDistribution;
 use spo::tokenizer::build::{sentencepiece_bpe, toy_vocabulary};
 use spo::tokenizer::encode_pair;
-use spo::train::config::{LossKind, Schedule, TrainConfig};
+use spo::train::config::{LossKind, Schedule, TrainConfig, WeightingKind};
 use spo::train::{Progress, Trainer};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -155,10 +155,20 @@ fn dpo_reaches_its_own_fixed_point() {
     }
 }
 
-/// One step with 4 micro-batches equals one step on the whole batch (f64).
+/// One step with 4 micro-batches equals one step on the whole batch (f64), for
+/// uniform μ and SoftImportance (whose normaliser is the whole batch's), with and
+/// without the KL term: the micro-batch size is a memory setting only.
 #[test]
 fn gradient_accumulation_equals_one_big_batch() {
-    let dir = common::temp_dir("accum");
+    for (weighting, beta) in
+        [(WeightingKind::Uniform, 0.0), (WeightingKind::SoftImportance, 0.0), (WeightingKind::SoftImportance, 0.5)]
+    {
+        accumulation_equals_one_batch(weighting, beta);
+    }
+}
+
+fn accumulation_equals_one_batch(weighting: WeightingKind, beta: f64) {
+    let dir = common::temp_dir(&format!("accum-{weighting:?}-{beta}"));
     let model = tiny_model(&dir, 5);
     let (data, _) = bt_dataset(&dir);
     let weights = |micro: usize| {
@@ -167,7 +177,11 @@ fn gradient_accumulation_equals_one_big_batch() {
             micro_batch_size: micro,
             steps: 3,
             lr: 1e-2,
-            beta: 0.0,
+            beta,
+            weighting,
+            gamma: 1.0,
+            kl_samples: 3,
+            kl_max_tokens: 4,
             ..config(&model, &data, &dir.join(format!("r{micro}")))
         };
         let mut t = Trainer::new(cfg, DType::F64, &Device::Cpu, None, &mut Quiet).unwrap();
@@ -180,7 +194,7 @@ fn gradient_accumulation_equals_one_big_batch() {
     };
     let (one, four) = (weights(8), weights(2));
     let diff = one.iter().flatten().zip(four.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(diff < 1e-12, "max weight difference {diff}");
+    assert!(diff < 1e-12, "{weighting:?}, β = {beta}: max weight difference {diff}");
     let again = weights(8);
     assert!(one.iter().flatten().zip(again.iter().flatten()).all(|(a, b)| a == b), "deterministic");
 }
