@@ -97,13 +97,20 @@ pub fn parse_jsonl(bytes: &[u8]) -> Vec<Record> {
 fn read_parquet(path: &Path) -> Result<Vec<Record>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let reader =
-        SerializedFileReader::new(file).with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
-    let rows = reader.get_row_iter(None).with_context(|| format!("{}: reading rows", path.display()))?;
-    Ok(rows
-        .enumerate()
-        .map(|(i, r)| (i + 1, r.map(|row| row.to_json_value()).map_err(|e| format!("unreadable row: {e}"))))
-        .collect())
+    // The parquet crate (53) panics on some malformed metadata (found by fuzz/,
+    // tests/fixtures/parquet_reader_panic.parquet): a hostile file must be an error.
+    let read = std::panic::catch_unwind(move || -> Result<Vec<Record>> {
+        let reader = SerializedFileReader::new(file)
+            .with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
+        let rows = reader.get_row_iter(None).with_context(|| format!("{}: reading rows", path.display()))?;
+        Ok(rows
+            .enumerate()
+            .map(|(i, r)| (i + 1, r.map(|row| row.to_json_value()).map_err(|e| format!("unreadable row: {e}"))))
+            .collect())
+    });
+    read.unwrap_or_else(|_| {
+        bail!("{}: not a readable Parquet file (the reader failed on its metadata)", path.display())
+    })
 }
 
 fn messages(v: &Value, field: &str) -> std::result::Result<Vec<Message>, String> {

@@ -62,6 +62,16 @@ pub fn check_output_dir(flag: &str, out: &Path, inputs: &[(&str, &Path)]) -> Res
     Ok(())
 }
 
+/// A text file's contents; a file that is not UTF-8 is an error naming its first
+/// bad line.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let line = e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+        anyhow::anyhow!("{}:{line}: not valid UTF-8", path.display())
+    })
+}
+
 /// The folder a path lives in (`.` for a bare name).
 pub fn parent_of(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))

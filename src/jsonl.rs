@@ -11,14 +11,15 @@ use std::path::Path;
 /// Complete lines of `path` (none if it does not exist). A last line without its
 /// newline (a write cut short) is removed from the file.
 pub fn recover(path: &Path) -> Result<Vec<Value>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = crate::fsx::read_text(path)?;
     let complete = text.rfind('\n').map_or(0, |i| i + 1);
     if complete < text.len() {
-        std::fs::write(path, &text[..complete]).with_context(|| format!("repairing {}", path.display()))?;
+        // atomically: a crash while repairing must not lose the complete lines
+        crate::fsx::write_atomic(path, &text.as_bytes()[..complete])
+            .with_context(|| format!("repairing {}", path.display()))?;
     }
     text[..complete]
         .lines()

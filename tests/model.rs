@@ -349,7 +349,8 @@ fn gguf_features_the_model_would_ignore_are_refused() {
     let dir = common::temp_dir("gguf-refuse");
     let m = tiny(DType::F32);
     let freqs = QTensor::quantize(&Tensor::ones(4, DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
-    let cases: Vec<(Vec<(&str, Value)>, Vec<(String, QTensor)>, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, Value)>, Vec<(String, QTensor)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![], vec![("rope_freqs.weight".into(), freqs)], "rope_freqs.weight"),
         (vec![("llama.rope.scaling.type", Value::String("yarn".into()))], vec![], "\"yarn\" is not supported"),
         (vec![("llama.attention.key_length", Value::U32(16))], vec![], "key_length = 16"),

@@ -23,7 +23,7 @@ pub fn prompts_or_prefix(
     use anyhow::Context;
     match (prompts, prefix) {
         (Some(p), None) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading --prompts {}", p.display()))?;
+            let text = crate::fsx::read_text(p).context("--prompts")?;
             let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
             if lines.is_empty() {
                 return usage(format!("--prompts {}: no prompts in the file", p.display()));

@@ -126,6 +126,8 @@ impl Stages {
 /// Runs `spo demo`.
 pub fn run(args: DemoArgs) -> Result<()> {
     let out = args.out.clone();
+    let model_input = args.model.iter().map(|m| ("--model", m.as_path())).collect::<Vec<_>>();
+    crate::fsx::check_output_dir("--out", &out, &model_input)?;
     let (data, runs) = (out.join("data"), out.join("runs"));
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let mut st = Stages { started: Instant::now(), timings: Map::new(), commands: Vec::new() };

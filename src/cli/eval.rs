@@ -6,7 +6,7 @@ use super::judge::JudgeOptions;
 use crate::eval::runs::{discover, Run};
 use crate::eval::{EvalSpec, Evaluator, PointReport};
 use crate::plot::{winrate_figure, WinRateCurve};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -213,15 +213,20 @@ pub fn figure(report: &EvalReport, path: &Path) -> Result<()> {
 
 /// Writes `value` as pretty JSON to `path`, atomically.
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(value)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    crate::fsx::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
 }
 
 /// What `spo eval` computes and writes (`--out`, `--plot`); progress goes to stderr.
 pub fn evaluate_and_write(args: &EvalArgs) -> Result<EvalReport> {
+    let inputs: Vec<(&str, &Path)> = std::iter::once(("--reference", args.reference.as_path()))
+        .chain(args.checkpoints.iter().map(|c| ("--checkpoints", c.as_path())))
+        .collect();
     if let Some(p) = &args.plot {
         crate::plot::Format::from_path(p).or_else(|e| usage(format!("--plot: {e}")))?;
+        crate::fsx::check_output_file("--plot", p, &inputs)?;
+    }
+    if let Some(out) = &args.out {
+        crate::fsx::check_output_file("--out", out, &inputs)?;
     }
     let runs = discover(&args.checkpoints)?;
     let report = evaluate(&args.reference, &runs, &args.options, &mut |m| eprintln!("{m}"))?;

@@ -126,7 +126,7 @@ macro_rules! overlay {
 /// The defaults, overridden by the TOML file `path` when given (`--config`).
 pub fn config_file(path: Option<&Path>) -> Result<TrainConfig> {
     let Some(path) = path else { return Ok(TrainConfig::default()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::fsx::read_text(path).context("--config")?;
     toml::from_str(&text).or_else(|e| usage(format!("--config {}: {e}", path.display())))
 }
 

@@ -19,6 +19,9 @@ impl Message {
     }
 }
 
+/// Instructions a chat template may run per rendering before it is stopped.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+
 /// Renders `messages` with a Hugging Face chat template.
 pub fn render(
     template: &str,
@@ -28,6 +31,8 @@ pub fn render(
     eos: &str,
 ) -> Result<String> {
     let mut env = minijinja::Environment::new();
+    // a template is data from a file: bound its work (a real one uses a few thousand)
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
@@ -58,6 +63,13 @@ mod tests {
             out,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn a_template_that_never_ends_is_stopped() {
+        let t = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let err = format!("{:#}", render(t, &[Message::new("user", "x")], false, "", "").unwrap_err());
+        assert!(err.contains("fuel"), "{err}");
     }
 
     #[test]

@@ -534,5 +534,5 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
         })
         .collect();
     let body = if kept.is_empty() { String::new() } else { kept.join("\n") + "\n" };
-    std::fs::write(path, body).with_context(|| format!("rewriting {}", path.display()))
+    crate::fsx::write_atomic(path, body.as_bytes()).with_context(|| format!("rewriting {}", path.display()))
 }
