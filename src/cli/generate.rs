@@ -80,7 +80,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let samples = generate(&loaded.model, tok, &prompts, &cfg)?;
     let secs = start.elapsed().as_secs_f64();
     let n: usize = samples.iter().map(|s| s.tokens.len()).sum();
-    eprintln!("generated {n} tokens in {secs:.2} s ({:.1} tokens/s, batch {})", n as f64 / secs, args.num_samples);
+    let batch = args.num_samples.min(crate::sample::MAX_BATCH);
+    eprintln!("generated {n} tokens in {secs:.2} s ({:.1} tokens/s, batch {batch})", n as f64 / secs);
     for s in samples {
         if args.json {
             println!("{}", serde_json::to_string(&s)?);
