@@ -172,12 +172,35 @@ pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut impl Rng) -> Picked 
     Picked { token: token as u32, logprob: logits[token] - lse, entropy }
 }
 
-struct Row {
-    index: usize,
-    tokens: Vec<u32>,
+/// One sequence being decoded: what it has generated and its own random stream.
+pub(crate) struct Row {
+    pub(crate) index: usize,
+    pub(crate) tokens: Vec<u32>,
     logprobs: Vec<f32>,
     entropies: Vec<f32>,
     rng: ChaCha8Rng,
+}
+
+impl Row {
+    /// Row `index` of a job seeded with `seed` (its stream depends on both only).
+    pub(crate) fn new(index: usize, seed: u64) -> Self {
+        Row {
+            index,
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            entropies: Vec::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(index as u64)),
+        }
+    }
+
+    /// Picks the next token from `logits` and records it.
+    pub(crate) fn advance(&mut self, logits: &[f32], cfg: &SamplingConfig) -> u32 {
+        let p = pick(logits, cfg, &mut self.rng);
+        self.tokens.push(p.token);
+        self.logprobs.push(p.logprob);
+        self.entropies.push(p.entropy);
+        p.token
+    }
 }
 
 /// Continues every prompt (token ids), [`MAX_BATCH`] rows at a time. Returns one
@@ -187,11 +210,7 @@ pub fn generate(model: &Llama, tok: &Tokenizer, prompts: &[Vec<u32>], cfg: &Samp
     let mut out = Vec::with_capacity(prompts.len());
     for (k, chunk) in prompts.chunks(MAX_BATCH).enumerate() {
         let offset = k * MAX_BATCH;
-        out.extend(
-            generate_batch(model, tok, chunk, cfg, offset)?
-                .into_iter()
-                .map(|s| Sample { index: s.index + offset, ..s }),
-        );
+        out.extend(generate_batch(model, tok, chunk, cfg, offset)?);
     }
     Ok(out)
 }
@@ -215,17 +234,7 @@ fn generate_batch(
     let mut pad: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
     let ids: Vec<u32> =
         prompts.iter().zip(&pad).flat_map(|(p, &n)| std::iter::repeat_n(pad_id, n).chain(p.iter().copied())).collect();
-    let mut rows: Vec<Row> = (0..prompts.len())
-        .map(|i| Row {
-            index: i,
-            tokens: Vec::new(),
-            logprobs: Vec::new(),
-            entropies: Vec::new(),
-            rng: ChaCha8Rng::seed_from_u64(
-                cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add((offset + i) as u64),
-            ),
-        })
-        .collect();
+    let mut rows: Vec<Row> = (0..prompts.len()).map(|i| Row::new(offset + i, cfg.seed)).collect();
     let mut done: Vec<Sample> = Vec::new();
     let mut cache = KvCache::default();
     let mut input = Tensor::from_vec(ids, (prompts.len(), longest), model.device())?;
@@ -234,11 +243,7 @@ fn generate_batch(
         let mut keep = Vec::new();
         let mut next = Vec::new();
         for (r, (row, l)) in rows.iter_mut().zip(&logits).enumerate() {
-            let p = pick(l, cfg, &mut row.rng);
-            let t = p.token;
-            row.tokens.push(t);
-            row.logprobs.push(p.logprob);
-            row.entropies.push(p.entropy);
+            let t = row.advance(l, cfg);
             match finished(tok, row, cfg, step + 1 == max_new)? {
                 Some(sample) => done.push(sample),
                 None => {
@@ -267,7 +272,7 @@ fn generate_batch(
 }
 
 /// The finished sample if `row` just ended (EOS, stop string, or last step).
-fn finished(tok: &Tokenizer, row: &Row, cfg: &SamplingConfig, last: bool) -> Result<Option<Sample>> {
+pub(crate) fn finished(tok: &Tokenizer, row: &Row, cfg: &SamplingConfig, last: bool) -> Result<Option<Sample>> {
     let eos = !cfg.ignore_eos && tok.eos.is_some() && row.tokens.last().copied() == tok.eos;
     let body = if eos { &row.tokens[..row.tokens.len() - 1] } else { &row.tokens[..] };
     let mut text = if eos || last || !cfg.stop.is_empty() { tok.decode(body)? } else { String::new() };

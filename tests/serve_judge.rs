@@ -19,9 +19,14 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn start_serve(port: u16, extra: &[&str]) -> Server {
+fn start_serve(port: u16, extra: &[&str], key: Option<&str>) -> Server {
     let model = common::smollm2();
-    let child = Command::new(env!("CARGO_BIN_EXE_spo"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spo"));
+    cmd.env_remove("SPO_API_KEY");
+    if let Some(k) = key {
+        cmd.env("SPO_API_KEY", k);
+    }
+    let child = cmd
         .args(["serve", "--model", model.to_str().unwrap(), "--port", &port.to_string(), "--max-tokens", "8"])
         .args(extra)
         .stderr(Stdio::null())
@@ -66,7 +71,7 @@ fn judge_openai(
 #[test]
 fn serve_speaks_openai_and_judge_uses_it() {
     let dir = common::temp_dir("serve");
-    let _server = start_serve(18431, &[]);
+    let _server = start_serve(18431, &[], None);
     let base = "http://127.0.0.1:18431/v1";
     assert!(curl(&[&format!("{base}/models")]).contains("\"object\":\"list\""));
     let chat = curl(&[
@@ -110,10 +115,15 @@ fn serve_speaks_openai_and_judge_uses_it() {
 
 #[test]
 fn serve_requires_the_api_key_when_given() {
-    let _server = start_serve(18432, &["--api-key", "sekrit"]);
+    let _server = start_serve(18432, &[], Some("sekrit"));
     let base = "http://127.0.0.1:18432/v1";
     assert!(curl(&[&format!("{base}/models")]).ends_with("401"));
     assert!(curl(&["-H", "Authorization: Bearer sekrit", &format!("{base}/models")]).ends_with("200"));
+    assert!(curl(&["-H", "Authorization: Bearer sekriT", &format!("{base}/models")]).ends_with("401"));
+    // a key on the command line, readable in the process list, is refused
+    let argv = common::spo(&["serve", "--model", "x", "--api-key", "sekrit"]);
+    assert_eq!(argv.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&argv.stderr).contains("--api-key-file"));
 }
 
 /// A scripted endpoint: 503 on every first attempt, then a well-formed answer whose

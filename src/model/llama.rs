@@ -42,6 +42,47 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// Appends the rows of `other` after this cache's, left-padding the shorter of
+    /// the two with zeros (masked by the caller's pad counts) so their lengths
+    /// match: continuous batching, where a new sequence joins running ones.
+    /// Returns the padding added in front of (this cache's rows, `other`'s rows).
+    pub fn append_rows(&mut self, other: KvCache) -> Result<(usize, usize)> {
+        if self.layers.is_empty() {
+            *self = other;
+            return Ok((0, 0));
+        }
+        let (a, b) = (self.len(), other.len());
+        let pad_front = |t: &Tensor, n: usize| -> Result<Tensor> {
+            if n == 0 {
+                return Ok(t.clone());
+            }
+            let (rows, heads, _, hd) = t.dims4()?;
+            let zeros = Tensor::zeros((rows, heads, n, hd), t.dtype(), t.device())?;
+            Tensor::cat(&[&zeros, t], 2)
+        };
+        let (grow_self, grow_other) = (b.saturating_sub(a), a.saturating_sub(b));
+        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
+            if let (Some((k, v)), Some((k2, v2))) = (mine.as_mut(), theirs) {
+                *k = Tensor::cat(&[&pad_front(k, grow_self)?, &pad_front(&k2, grow_other)?], 0)?;
+                *v = Tensor::cat(&[&pad_front(v, grow_self)?, &pad_front(&v2, grow_other)?], 0)?;
+            }
+        }
+        Ok((grow_self, grow_other))
+    }
+
+    /// Drops the first `n` positions of every row (padding that no row needs any more).
+    pub fn trim_front(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let len = k.dim(2)?;
+            *k = k.narrow(2, n, len - n)?.contiguous()?;
+            *v = v.narrow(2, n, len - n)?.contiguous()?;
+        }
+        Ok(())
+    }
+
     /// Keeps only the batch rows in `rows` (finished sequences dropped).
     pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
         for (k, v) in self.layers.iter_mut().flatten() {
