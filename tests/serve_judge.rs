@@ -113,6 +113,30 @@ fn serve_speaks_openai_and_judge_uses_it() {
     assert_eq!(log.lines().count(), 2);
 }
 
+/// The Python interpreter with the `openai` package: `SPO_TEST_PYTHON` (set by
+/// `.ci/run`, which installs it into a virtual environment) or `python3`.
+fn python_with_openai() -> String {
+    let python = std::env::var("SPO_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python).args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
+    assert!(ok, "{python} cannot import openai: run .ci/run (it installs the client into .venv-ci)");
+    python
+}
+
+/// The official `openai` Python client: models, chat, completions, streaming of
+/// both, a 400 and a 401 (tests/openai_client.py).
+#[test]
+fn the_official_openai_client_works_against_serve() {
+    let python = python_with_openai();
+    let _server = start_serve(18533, &[], Some("k"));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
+    let out = Command::new(python)
+        .args([script.to_str().unwrap(), "http://127.0.0.1:18533/v1", "k"])
+        .output()
+        .expect("python runs");
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && log.contains("openai client: ok"), "{log}");
+}
+
 #[test]
 fn serve_requires_the_api_key_when_given() {
     let _server = start_serve(18432, &[], Some("sekrit"));

@@ -45,8 +45,8 @@ pub struct JudgeOptions {
     /// Verdict cache (JSONL) of the openai judge [default: beside the output].
     #[arg(long)]
     pub judge_cache: Option<PathBuf>,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 4)]
+    /// Requests in flight at once (16: what `spo serve` decodes together by default).
+    #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
     /// Attempts per verdict (errors, 429/5xx, unparseable answers).
     #[arg(long, default_value_t = 3)]
