@@ -63,6 +63,9 @@ def main():
     ap.add_argument("--pid", type=int, help="server process, for its RSS")
     ap.add_argument("--prompt", default="Once upon a time")
     ap.add_argument("--label", default="")
+    ap.add_argument("--hog-words", type=int, default=0,
+                    help="one more client that keeps sending a prompt of this many words (1 new token each); "
+                         "its requests are not counted: it measures how a huge prompt delays the others")
     args = ap.parse_args()
 
     lock = threading.Lock()
@@ -87,8 +90,18 @@ def main():
                     errors.append(str(e))
             i += 1
 
+    def hog():
+        body = {"prompt": " ".join(["word"] * args.hog_words), "max_tokens": 1}
+        while time.perf_counter() < deadline:
+            try:
+                one_request(args.url, body, False)
+            except Exception:  # noqa: BLE001 - the hog's own failures do not matter
+                time.sleep(0.1)
+
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+    if args.hog_words:
+        threads.append(threading.Thread(target=hog))
     for t in threads:
         t.start()
     for t in threads:

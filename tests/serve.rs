@@ -216,3 +216,29 @@ fn concurrent_clients_are_decoded_together() {
         assert_eq!(text(a), text(&alone), "a row's text does not depend on who shares its batch");
     }
 }
+
+/// A prompt longer than one prefill chunk is prefilled over several steps while a
+/// short request runs; both answer, and streamed text equals the whole answer.
+#[test]
+fn a_long_prompt_is_prefilled_in_chunks_beside_running_requests() {
+    let server = start("serve-long", 18606, &[], None);
+    let port = server.1;
+    let prompt = "hello world ".repeat(150);
+    let long = serde_json::json!({"prompt": prompt, "max_tokens": 8, "seed": 2, "ignore_eos": true}).to_string();
+    let short = r#"{"prompt": "a", "max_tokens": 30, "seed": 1, "ignore_eos": true}"#;
+    let (a, b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| post(port, "/v1/completions", short, None));
+        let b = scope.spawn(|| post(port, "/v1/completions", &long, None));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!((a.0, b.0), (200, 200), "{}", b.1);
+    let v: Value = serde_json::from_str(b.1.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 64, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 8);
+    let streamed: String = sse_data(&post(port, "/v1/completions", &long.replace('}', ", \"stream\": true}"), None).1)
+        .iter()
+        .filter(|d| d.as_str() != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(streamed, v["choices"][0]["text"].as_str().unwrap());
+}

@@ -1,14 +1,16 @@
 //! Continuous batching: one thread owns the model; every decoding step runs all
 //! active sequences together through the KV cache; a sequence that finishes (EOS,
 //! stop string, `max_tokens`) or whose client has gone leaves at once, and a waiting
-//! request joins as soon as there is room (its prompt is prefilled, then its rows are
-//! appended to the running cache, left-padded to the same length).
+//! request joins as soon as there is room: a short prompt is prefilled at once, a
+//! long one a chunk per step (so it never stalls the others for long); then its rows
+//! are appended to the running cache, left-padded to the same length.
 
 use crate::model::{KvCache, Llama};
 use crate::sample::{finished, Finish, Row, SamplingConfig};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use candle_core::Tensor;
+use std::collections::VecDeque;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
@@ -73,18 +75,33 @@ pub struct Scheduler {
     pub max_batch: usize,
 }
 
+/// Prompt tokens prefilled per scheduler iteration: a long prompt delays the running
+/// sequences' next token by one chunk's forward pass at most, not its whole prefill.
+pub const PREFILL_CHUNK: usize = 64;
+
+/// A job whose prompt is being prefilled, a chunk per iteration, into its own cache.
+struct Prefill {
+    job: Job,
+    cache: KvCache,
+    done: usize,
+}
+
 impl Scheduler {
-    /// Serves jobs from `queue` until every sender is gone.
+    /// Serves jobs from `queue` until every sender is gone. Each iteration admits
+    /// every waiting request that fits (a short prompt is prefilled at once), runs
+    /// one chunk of the oldest long prompt, then one decoding step of every active
+    /// sequence: a long prompt delays the others by one chunk per step, never more.
     pub fn run(self, queue: Receiver<Job>) {
         let mut active: Vec<Active> = Vec::new();
         let mut cache = KvCache::default();
         let mut waiting: Option<Job> = None;
+        let mut long: VecDeque<Prefill> = VecDeque::new();
         loop {
-            // admit what fits; block only when there is nothing to decode
             loop {
+                // block only when there is nothing to decode or prefill
                 let job = match waiting.take() {
                     Some(j) => j,
-                    None if active.is_empty() => match queue.recv() {
+                    None if active.is_empty() && long.is_empty() => match queue.recv() {
                         Ok(j) => j,
                         Err(_) => return,
                     },
@@ -93,12 +110,36 @@ impl Scheduler {
                         Err(_) => break,
                     },
                 };
-                if !active.is_empty() && active.len() + job.n > self.max_batch {
+                let rows = active.len() + long.iter().map(|p| p.job.n).sum::<usize>();
+                if rows > 0 && rows + job.n > self.max_batch {
                     waiting = Some(job);
                     break;
                 }
-                if let Err(e) = self.admit(job, &mut active, &mut cache) {
-                    eprintln!("serve: a request failed: {e:#}");
+                let Some(mut p) = self.start(job) else { continue };
+                if p.job.prompt.len() > PREFILL_CHUNK {
+                    long.push_back(p);
+                    continue;
+                }
+                match self.prefill_chunk(&mut p) {
+                    Ok(Some(logits)) => self.join(p, &logits, &mut active, &mut cache),
+                    Ok(None) => unreachable!("a short prompt is one chunk"),
+                    Err(e) => Err(e),
+                }
+                .unwrap_or_else(|e| eprintln!("serve: a request failed: {e:#}"));
+            }
+            if let Some(p) = long.front_mut() {
+                match self.prefill_chunk(p) {
+                    Ok(None) => {}
+                    Ok(Some(logits)) => {
+                        let p = long.pop_front().expect("in progress");
+                        if let Err(e) = self.join(p, &logits, &mut active, &mut cache) {
+                            eprintln!("serve: a request failed: {e:#}");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = p.job.events.send(Event::Error(format!("{e:#}")));
+                        long.pop_front();
+                    }
                 }
             }
             if active.is_empty() {
@@ -114,24 +155,38 @@ impl Scheduler {
         }
     }
 
-    /// Prefills a job's prompt, samples each row's first token and appends its rows
-    /// to the running batch.
-    fn admit(&self, job: Job, active: &mut Vec<Active>, cache: &mut KvCache) -> Result<()> {
+    /// A job's prefill, or `None` (with an error sent) when its prompt cannot fit.
+    fn start(&self, job: Job) -> Option<Prefill> {
         let context = self.model.config().max_position_embeddings;
         let len = job.prompt.len();
         if len == 0 || len >= context {
             let msg = format!("a prompt of {len} tokens does not fit the model's context of {context}");
-            let _ = job.events.send(Event::Error(msg.clone()));
-            anyhow::bail!(msg);
+            let _ = job.events.send(Event::Error(msg));
+            return None;
         }
-        let ids: Vec<u32> = (0..job.n).flat_map(|_| job.prompt.iter().copied()).collect();
-        let ids = Tensor::from_vec(ids, (job.n, len), self.model.device())?;
-        let mut fresh = KvCache::default();
-        let logits = self.model.forward_cached(&ids, &vec![0; job.n], &mut fresh)?.to_vec2::<f32>()?;
-        let (grow_old, grow_new) = cache.append_rows(fresh)?;
+        Some(Prefill { job, cache: KvCache::default(), done: 0 })
+    }
+
+    /// Runs the next chunk of a prompt (`n` identical rows); the last chunk returns
+    /// the next-token logits of every row. A job whose client has gone is dropped.
+    fn prefill_chunk(&self, p: &mut Prefill) -> Result<Option<Vec<Vec<f32>>>> {
+        anyhow::ensure!(!p.job.events.is_closed(), "the client has gone");
+        let end = (p.done + PREFILL_CHUNK).min(p.job.prompt.len());
+        let chunk = &p.job.prompt[p.done..end];
+        let ids: Vec<u32> = (0..p.job.n).flat_map(|_| chunk.iter().copied()).collect();
+        let ids = Tensor::from_vec(ids, (p.job.n, chunk.len()), self.model.device())?;
+        let logits = self.model.forward_cached(&ids, &vec![0; p.job.n], &mut p.cache)?;
+        p.done = end;
+        Ok((end == p.job.prompt.len()).then(|| logits.to_vec2::<f32>()).transpose()?)
+    }
+
+    /// Samples each prefilled row's first token and appends the rows to the batch.
+    fn join(&self, p: Prefill, logits: &[Vec<f32>], active: &mut Vec<Active>, cache: &mut KvCache) -> Result<()> {
+        let context = self.model.config().max_position_embeddings;
+        let (grow_old, grow_new) = cache.append_rows(p.cache)?;
         active.iter_mut().for_each(|a| a.pad += grow_old);
-        let max_new = job.sampling.max_new_tokens.min(context - len);
-        let job = Arc::new(job);
+        let max_new = p.job.sampling.max_new_tokens.min(context - p.job.prompt.len());
+        let job = Arc::new(p.job);
         for (i, l) in logits.iter().enumerate() {
             let mut row = Row::new(i, job.sampling.seed);
             let next = row.advance(l, &job.sampling);
