@@ -381,8 +381,21 @@ impl Llama {
     /// Full next-token log-distributions `[N, V]` at the flat positions `select`
     /// (what the token-wise KL needs). `track = false` for a frozen reference.
     pub fn next_token_logdist(&self, ids: &Tensor, select: &Tensor, track: bool) -> Result<Tensor> {
-        let rows = self.selected_hidden(ids, select, track)?;
-        log_softmax(&self.head(&rows, track)?, D::Minus1)
+        self.logdist_of_hidden(&self.selected_hidden(ids, select, track)?, track)
+    }
+
+    /// The final-normed hidden rows `[N, D]` at the flat positions `select` of
+    /// `ids: [B, T]`, without gradients: a frozen model's part of
+    /// [`Self::next_token_logdist`] that can be kept and reused (`[N, D]` is far
+    /// smaller than `[N, V]`).
+    pub fn frozen_hidden_rows(&self, ids: &Tensor, select: &Tensor) -> Result<Tensor> {
+        self.selected_hidden(ids, select, false)
+    }
+
+    /// Next-token log-distributions `[N, V]` of hidden rows `[N, D]` (the output
+    /// head and log-softmax); `next_token_logdist` = this ∘ the hidden rows.
+    pub fn logdist_of_hidden(&self, rows: &Tensor, track: bool) -> Result<Tensor> {
+        log_softmax(&self.head(rows, track)?, D::Minus1)
     }
 
     /// Inference step with a KV cache on left-padded rows: `ids: [B, T]` are the

@@ -57,6 +57,10 @@ pub struct Trainer {
     opt: AdamW,
     step: usize,
     kl_samples: Vec<KlSample>,
+    /// The reference's hidden rows on the KL samples, per KL chunk (`None` for a
+    /// chunk without response tokens): computed once per refresh, since neither the
+    /// samples nor the reference change in between; each step only applies the head.
+    ref_hidden: Vec<Option<Tensor>>,
 }
 
 /// Forward of a set of pairs: sequence log-probs `[B]` of chosen and rejected.
@@ -162,6 +166,7 @@ impl Trainer {
             opt,
             step,
             kl_samples,
+            ref_hidden: Vec::new(),
         };
         if t.cfg.loss != LossKind::Spo {
             t.ref_train = t.reference_cache(&t.train)?;
@@ -304,21 +309,41 @@ impl Trainer {
         Ok(())
     }
 
+    /// The KL samples of `chunk`-sized groups as padded batches (`None`: no response token).
+    fn kl_batches(&self) -> Result<Vec<Option<SequenceBatch>>> {
+        self.kl_samples
+            .chunks(self.cfg.kl_micro_batch)
+            .map(|chunk| {
+                let rows: Vec<(&[u32], &[u32])> =
+                    chunk.iter().map(|s| (s.prompt.as_slice(), s.response.as_slice())).collect();
+                let batch = SequenceBatch::new(&rows, self.pad(), self.policy.dtype(), self.policy.device())?;
+                Ok((batch.lengths.iter().sum::<usize>() > 0).then_some(batch))
+            })
+            .collect()
+    }
+
+    /// Runs the reference over the current KL samples once (after a refresh, or on
+    /// the first step of a resumed run).
+    fn cache_reference_hidden(&mut self) -> Result<()> {
+        let reference = self.reference.as_ref().expect("SPO with β > 0 keeps its reference");
+        self.ref_hidden = self
+            .kl_batches()?
+            .iter()
+            .map(|b| b.as_ref().map(|b| reference.frozen_hidden_rows(&b.ids, &b.select)).transpose())
+            .collect::<candle_core::Result<_>>()?;
+        Ok(())
+    }
+
     /// β·KL over the cached samples, back-propagated chunk by chunk into `acc`.
     /// Returns `(KL, mean per-token entropy of the policy on the samples)`.
     fn kl_term(&self, acc: &mut HashMap<String, Tensor>) -> Result<(f64, f64)> {
         let reference = self.reference.as_ref().expect("SPO with β > 0 keeps its reference");
         let m = self.kl_samples.len();
         let (mut kl, mut ent, mut tokens) = (0.0, 0.0, 0usize);
-        for chunk in self.kl_samples.chunks(self.cfg.kl_micro_batch) {
-            let rows: Vec<(&[u32], &[u32])> =
-                chunk.iter().map(|s| (s.prompt.as_slice(), s.response.as_slice())).collect();
-            let batch = SequenceBatch::new(&rows, self.pad(), self.policy.dtype(), self.policy.device())?;
-            if batch.lengths.iter().sum::<usize>() == 0 {
-                continue;
-            }
+        for (batch, hidden) in self.kl_batches()?.iter().zip(&self.ref_hidden) {
+            let (Some(batch), Some(hidden)) = (batch, hidden) else { continue };
             let p = self.policy.next_token_logdist(&batch.ids, &batch.select, true)?;
-            let q = reference.next_token_logdist(&batch.ids, &batch.select, false)?;
+            let q = reference.logdist_of_hidden(hidden, false)?;
             let term = token_kl_rows(&p, &q, m)?;
             kl += scalar(&term)?;
             let pd = p.detach();
@@ -375,7 +400,10 @@ impl Trainer {
             if self.step.is_multiple_of(c.kl_refresh) || self.kl_samples.is_empty() {
                 let t0 = std::time::Instant::now();
                 self.refresh_kl_samples()?;
+                self.cache_reference_hidden()?;
                 sample_secs = Some(t0.elapsed().as_secs_f64());
+            } else if self.ref_hidden.is_empty() {
+                self.cache_reference_hidden()?; // resumed between refreshes
             }
             let (k, e) = self.kl_term(&mut acc)?;
             if !k.is_finite() {
@@ -426,7 +454,7 @@ impl Trainer {
         m.insert("tokens_per_second".into(), json!(tokens as f64 / secs));
         m.insert("step_seconds".into(), json!(secs));
         if let Some(t) = sample_secs {
-            // the refresh's sampling time, included in step_seconds, amortised over kl_refresh steps
+            // the refresh (sampling, then the reference over the samples), included in step_seconds
             m.insert("kl_sample_seconds".into(), json!(t));
         }
         Ok(m)
