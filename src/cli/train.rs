@@ -230,7 +230,7 @@ fn continuing(cfg: &TrainConfig, earlier: &TrainConfig, what: &str) -> Result<(T
             "{what} was made with other settings; these would change the run:\n  {}\n\
              (only {} may change on resume; start a new run with another --out, or --overwrite)",
             diff.join("\n  "),
-            crate::train::config::RESUMABLE_CHANGES[..4].join(", ")
+            crate::train::config::RESUMABLE_CHANGES.map(|k| format!("--{}", k.replace('_', "-"))).join(", ")
         ))
     })
 }

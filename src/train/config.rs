@@ -40,9 +40,12 @@ pub enum WeightingKind {
     SoftImportance,
 }
 
-/// Options that may differ when a run is resumed: its length, its checkpoint and
-/// evaluation cadence, where and how it is written. Every other option is the run.
-pub const RESUMABLE_CHANGES: [&str; 6] = ["steps", "save_every", "eval_every", "save_only_model", "overwrite", "out"];
+/// Options a user may change when resuming a run: its length and its checkpoint
+/// and evaluation cadence. With [`HOW_WRITTEN`], every other option is the run.
+pub const RESUMABLE_CHANGES: [&str; 4] = ["steps", "save_every", "eval_every", "save_only_model"];
+
+/// Options that say where and how a run is written, not what it is.
+pub const HOW_WRITTEN: [&str; 2] = ["overwrite", "out"];
 
 /// The full training configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,7 +217,7 @@ impl TrainConfig {
                 continue;
             }
             let line = format!("{key}: {before} → {value}");
-            if RESUMABLE_CHANGES.contains(&key.as_str()) {
+            if RESUMABLE_CHANGES.contains(&key.as_str()) || HOW_WRITTEN.contains(&key.as_str()) {
                 changed.push(line);
             } else {
                 refused.push(line);
