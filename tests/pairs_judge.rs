@@ -129,3 +129,80 @@ fn judge_resumes_from_a_torn_log_and_writes_trl_rows() {
     let ds = spo::data::read(&dir.join("fresh.jsonl"), None).unwrap();
     assert_eq!(ds.pairs.len(), 5);
 }
+
+/// `--chat`: prompts are sampled as user messages in the chat template, and the
+/// judged pairs come out in TRL's conversational layout, which the trainer renders
+/// back to exactly the tokens the responses were sampled after.
+#[test]
+fn chat_pairs_become_conversational_training_data_with_the_sampled_prompt() {
+    let dir = common::temp_dir("chat-pairs");
+    let model = common::smollm2();
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "Write a story about a fox.\nWrite a story about the sea.\n").unwrap();
+    let pairs = dir.join("pairs.jsonl");
+    let out = common::spo(&[
+        "pairs",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--chat",
+        "--num-pairs",
+        "2",
+        "--max-tokens",
+        "6",
+        "--out",
+        pairs.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = lines(&pairs);
+    assert!(rows.iter().all(|r| r["chat"] == true && r["prefix"] == false), "{rows:?}");
+    // judge a chat pair with a clear winner; the kept row is conversational
+    let mature = "The lighthouse keeper found a letter addressed to a woman who had died forty years earlier. He read it twice, then walked to the village archive, uncertain whether he wanted the truth or merely an ending.";
+    let childish = "The dog was happy. The dog was very very happy! The dog ate cake. Yay! The end.";
+    let cand = dir.join("cand.jsonl");
+    let row = serde_json::json!({"index": 0, "prompt": "Write a story.", "response_a": childish, "response_b": mature, "prefix": false, "chat": true});
+    std::fs::write(&cand, format!("{row}\n")).unwrap();
+    let prefs = dir.join("prefs.jsonl");
+    let out = common::spo(&[
+        "judge",
+        "--pairs",
+        cand.to_str().unwrap(),
+        "--out",
+        prefs.to_str().unwrap(),
+        "--min-gap-second",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let kept = lines(&prefs);
+    assert_eq!(kept[0]["prompt"], serde_json::json!([{"role": "user", "content": "Write a story."}]));
+    assert_eq!(kept[0]["chosen"], serde_json::json!([{"role": "assistant", "content": mature}]));
+    let loaded = spo::model::load(&model, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let tok = &loaded.tokenizer;
+    let ds = spo::data::read(&prefs, Some(tok)).unwrap();
+    let (trained_prompt, _) = spo::tokenizer::encode_pair(tok, &ds.pairs[0].prompt, &ds.pairs[0].chosen, true).unwrap();
+    assert_eq!(trained_prompt, tok.encode_user_prompt("Write a story.", true).unwrap(), "trained on what was sampled");
+    // eval samples chat prompts the same way
+    let m = model.to_str().unwrap();
+    let cache = dir.join("cache");
+    let out = common::spo(&[
+        "eval",
+        "--reference",
+        m,
+        "--checkpoints",
+        m,
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--chat",
+        "--num-samples",
+        "2",
+        "--max-tokens",
+        "4",
+        "--cache",
+        cache.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["samples"]["chat"], true);
+}

@@ -21,6 +21,9 @@ pub struct EvalOptions {
     /// Story opening every sample continues (the paper: "Once upon a time").
     #[arg(long)]
     pub prefix: Option<String>,
+    /// Each prompt is a user message rendered with the model's chat template.
+    #[arg(long, conflicts_with = "prefix")]
+    pub chat: bool,
     /// Samples per model [default: one per prompt; 64 with --prefix].
     #[arg(long)]
     pub num_samples: Option<usize>,
@@ -61,6 +64,7 @@ impl EvalOptions {
         Ok(EvalSpec {
             prompts,
             prefix,
+            chat: self.chat,
             num_samples,
             max_tokens: self.max_tokens,
             temperature: self.temperature,
@@ -142,6 +146,7 @@ pub fn evaluate(
             "prompts": spec.prompts.len(),
             "first_prompt": spec.prompts[0],
             "prefix": spec.prefix,
+            "chat": spec.chat,
             "num_samples": spec.num_samples,
             "max_tokens": spec.max_tokens,
             "temperature": spec.temperature,

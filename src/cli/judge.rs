@@ -200,10 +200,14 @@ pub fn run(args: JudgeArgs) -> Result<()> {
     let mut kept = Vec::new();
     for (r, d) in records.iter().zip(&decisions) {
         let (Some(p), Some(ab), Some(ba)) = (by_index.get(&r.index), &r.ab, &r.ba) else { continue };
+        // a chat prompt becomes TRL's conversational layout, rendered again at training
+        let chat = p.chat;
+        let prompt = if chat { json!([{"role": "user", "content": p.prompt}]) } else { json!(p.prompt) };
+        let turn = |t: &str| if chat { json!([{"role": "assistant", "content": t}]) } else { json!(t) };
         let row = match d {
-            Decision::KeepA => json!({"prompt": p.prompt, "chosen": p.response_a, "rejected": p.response_b,
+            Decision::KeepA => json!({"prompt": prompt, "chosen": turn(&p.response_a), "rejected": turn(&p.response_b),
                 "score_chosen": [ab.score_1, ba.score_2], "score_rejected": [ab.score_2, ba.score_1], "chosen_position": [1, 2]}),
-            Decision::KeepB => json!({"prompt": p.prompt, "chosen": p.response_b, "rejected": p.response_a,
+            Decision::KeepB => json!({"prompt": prompt, "chosen": turn(&p.response_b), "rejected": turn(&p.response_a),
                 "score_chosen": [ab.score_2, ba.score_1], "score_rejected": [ab.score_1, ba.score_2], "chosen_position": [2, 1]}),
             _ => continue,
         };

@@ -21,6 +21,10 @@ pub struct PairsArgs {
     /// Unconditional generation continuing this text (the paper: "Once upon a time").
     #[arg(long)]
     pub prefix: Option<String>,
+    /// Each prompt is a user message rendered with the model's chat template (the
+    /// judged pairs then become conversational training data).
+    #[arg(long, conflicts_with = "prefix")]
+    pub chat: bool,
     /// Pairs wanted in the output file (a rerun continues up to this many).
     #[arg(long)]
     pub num_pairs: usize,
@@ -54,6 +58,9 @@ pub struct CandidatePair {
     pub response_b: String,
     /// Whether the prompt is a story prefix, so a story is prompt + response.
     pub prefix: bool,
+    /// Whether the prompt was a user message in the chat template.
+    #[serde(default)]
+    pub chat: bool,
 }
 
 /// What made a candidate-pairs file, recorded beside it (`OUT.settings.json`): a
@@ -68,6 +75,7 @@ fn settings(args: &PairsArgs, prompts: &[String]) -> serde_json::Value {
         "temperature": args.temperature,
         "seed": args.seed,
         "batch_size": args.batch_size,
+        "chat": args.chat,
     })
 }
 
@@ -150,7 +158,7 @@ pub fn run(args: PairsArgs) -> Result<()> {
         let end = (start + bs).min(args.num_pairs);
         let texts: Vec<&String> = (start..end).map(|k| &prompts[k % prompts.len()]).collect();
         let ids: Vec<Vec<u32>> =
-            texts.iter().flat_map(|t| [t, t]).map(|t| tok.encode_prompt(t)).collect::<Result<_>>()?;
+            texts.iter().flat_map(|t| [t, t]).map(|t| tok.encode_user_prompt(t, args.chat)).collect::<Result<_>>()?;
         let cfg = SamplingConfig { seed: SamplingConfig::batch_seed(args.seed, start), ..sampling.clone() };
         let samples = generate(&loaded.model, tok, &ids, &cfg)?;
         let rows: Vec<CandidatePair> = (start..end)
@@ -163,6 +171,7 @@ pub fn run(args: PairsArgs) -> Result<()> {
                     response_a: samples[i].text.clone(),
                     response_b: samples[i + 1].text.clone(),
                     prefix: is_prefix,
+                    chat: args.chat,
                 }
             })
             .collect();

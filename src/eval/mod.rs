@@ -27,6 +27,9 @@ pub struct EvalSpec {
     pub prompts: Vec<String>,
     /// The prompts are story openings: a story is prompt + response.
     pub prefix: bool,
+    /// The prompts are user messages rendered with the model's chat template.
+    #[serde(default)]
+    pub chat: bool,
     /// Samples per model.
     pub num_samples: usize,
     /// Maximum new tokens per sample.
@@ -212,7 +215,8 @@ impl<'a> Evaluator<'a> {
         let started = std::time::Instant::now();
         for start in (0..s.num_samples).step_by(s.batch_size) {
             let end = (start + s.batch_size).min(s.num_samples);
-            let prompts: Vec<Vec<u32>> = (start..end).map(|i| tok.encode_prompt(s.prompt(i))).collect::<Result<_>>()?;
+            let prompts: Vec<Vec<u32>> =
+                (start..end).map(|i| tok.encode_user_prompt(s.prompt(i), s.chat)).collect::<Result<_>>()?;
             let cfg = SamplingConfig {
                 max_new_tokens: s.max_tokens,
                 temperature: s.temperature,

@@ -86,6 +86,17 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Ids of a prompt written by a user: with `chat`, as the user's message
+    /// rendered by the chat template with the assistant's turn opened; otherwise
+    /// the raw text ([`Self::encode_prompt`]).
+    pub fn encode_user_prompt(&self, text: &str, chat: bool) -> Result<Vec<u32>> {
+        if chat {
+            self.encode_chat(&[Message::new("user", text)])
+        } else {
+            self.encode_prompt(text)
+        }
+    }
+
     /// Ids of a chat prompt: the messages rendered with the chat template and the
     /// assistant's turn opened (the template writes its own special tokens).
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
