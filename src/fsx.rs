@@ -97,6 +97,14 @@ pub fn sync_tree(dir: &Path) -> Result<()> {
     sync_dir(dir)
 }
 
+/// `path` with `suffix` appended to its file name (`out.jsonl` → `out.jsonl.log`):
+/// the files a command keeps beside its output.
+pub fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
 /// A hidden sibling of `path` for work in progress: `.NAME.KIND-PID`.
 pub fn sibling_temp(path: &Path, kind: &str) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -253,12 +253,7 @@ fn generate_batch(
             }
         }
         if keep.len() < rows.len() {
-            // `keep` is ascending: drop the finished rows in one pass
-            let mut r = 0u32;
-            rows.retain(|_| {
-                r += 1;
-                keep.binary_search(&(r - 1)).is_ok()
-            });
+            retain_rows(&mut rows, &keep);
             pad = keep.iter().map(|&r| pad[r as usize]).collect();
             if rows.is_empty() {
                 break;
@@ -269,6 +264,16 @@ fn generate_batch(
     }
     done.sort_by_key(|s| s.index);
     Ok(done)
+}
+
+/// Keeps the items at the ascending positions `keep` (the rows of a batch that go
+/// on), in one pass.
+pub(crate) fn retain_rows<T>(rows: &mut Vec<T>, keep: &[u32]) {
+    let mut r = 0u32;
+    rows.retain(|_| {
+        r += 1;
+        keep.binary_search(&(r - 1)).is_ok()
+    });
 }
 
 /// The finished sample if `row` just ended (EOS, stop string, or last step).

@@ -123,7 +123,7 @@ fn a_collapsed_run_stops_naming_the_step() {
     let o = train(&model, &data, &out, &["--lr", "1e6", "--steps", "6", "--beta", "0"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("collapsed") && err.contains("at step") || err.contains("after step"), "{err}");
+    assert!(err.contains("collapsed") && (err.contains("at step") || err.contains("after step")), "{err}");
     assert!(err.contains("training stopped"), "{err}");
 }
 

@@ -192,7 +192,7 @@ fn a_client_that_leaves_is_cancelled_and_a_full_queue_is_a_503() {
 }
 
 #[test]
-fn concurrent_clients_are_decoded_together() {
+fn a_rows_text_does_not_depend_on_the_requests_sharing_its_batch() {
     let server = start("serve-batch", 18605, &["--max-batch", "8"], None);
     let port = server.1;
     let body = r#"{"prompt": "a", "max_tokens": 40, "seed": 1}"#;

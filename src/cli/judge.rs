@@ -124,13 +124,6 @@ struct Record {
     error: Option<String>,
 }
 
-/// `OUT` + suffix, beside it.
-fn sibling(out: &Path, suffix: &str) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    out.with_file_name(name)
-}
-
 /// Judges each pending pair in both orders, appending every record to the log as
 /// it arrives (so a kill loses at most the pairs in flight).
 fn judge_all(
@@ -167,8 +160,8 @@ pub fn run(args: JudgeArgs) -> Result<()> {
         return usage("--min-gap and --min-gap-second must be ≥ 0");
     }
     let rule = FilterRule { min_gap: args.min_gap, min_gap_second: args.min_gap_second };
-    let log = sibling(&args.out, ".verdicts.jsonl");
-    crate::fsx::check_output_file("--out", &args.out, &[("--pairs", &args.pairs), ("--out's verdict log", &log)])?;
+    let log = crate::fsx::suffixed(&args.out, ".verdicts.jsonl");
+    crate::fsx::check_output_file("--out", &args.out, &[("--pairs", &args.pairs)])?;
     crate::fsx::check_output_file("--out's verdict log", &log, &[("--pairs", &args.pairs)])?;
     let pairs: Vec<CandidatePair> = crate::jsonl::recover(&args.pairs)?
         .into_iter()
@@ -178,7 +171,7 @@ pub fn run(args: JudgeArgs) -> Result<()> {
                 .with_context(|| format!("{}:{}: not a candidate pair", args.pairs.display(), i + 1))
         })
         .collect::<Result<_>>()?;
-    let judge = args.judge.build(sibling(&args.out, ".judge-cache.jsonl"))?;
+    let judge = args.judge.build(crate::fsx::suffixed(&args.out, ".judge-cache.jsonl"))?;
     let mut records: Vec<Record> = crate::jsonl::recover(&log)?
         .into_iter()
         .map(serde_json::from_value)

@@ -82,11 +82,7 @@ fn settings(args: &PairsArgs, prompts: &[String]) -> serde_json::Value {
 /// Pairs already in `out`, after checking that they are candidate pairs (in order)
 /// made with `wanted` settings; records the settings for a new file.
 fn existing_pairs(out: &std::path::Path, wanted: &serde_json::Value) -> Result<usize> {
-    let record = {
-        let mut name = out.file_name().unwrap_or_default().to_os_string();
-        name.push(".settings.json");
-        out.with_file_name(name)
-    };
+    let record = crate::fsx::suffixed(out, ".settings.json");
     let rows = crate::jsonl::recover(out)?;
     for (i, row) in rows.iter().enumerate() {
         let ok = serde_json::from_value::<CandidatePair>(row.clone()).is_ok_and(|p| p.index == i);

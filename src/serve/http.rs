@@ -50,12 +50,19 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// Serves `router` on `listener` until the process ends; each connection has the
-/// header read timeout.
+/// header read timeout, and a failed accept (too many open connections) is waited out.
 pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>) -> anyhow::Result<()> {
     let timeout = app.cfg.read_timeout;
     let router = router(app);
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                eprintln!("serve: accepting a connection failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()

@@ -6,7 +6,7 @@
 //! are appended to the running cache, left-padded to the same length.
 
 use crate::model::{KvCache, Llama};
-use crate::sample::{finished, Finish, Row, SamplingConfig};
+use crate::sample::{finished, retain_rows, Finish, Row, SamplingConfig};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use candle_core::Tensor;
@@ -233,11 +233,7 @@ impl Scheduler {
             }
         }
         if keep.len() < active.len() {
-            let mut r = 0u32;
-            active.retain(|_| {
-                r += 1;
-                keep.binary_search(&(r - 1)).is_ok()
-            });
+            retain_rows(active, &keep);
             if active.is_empty() {
                 *cache = KvCache::default();
                 return Ok(());
@@ -254,15 +250,14 @@ impl Scheduler {
     /// partial character, not a possible beginning of a stop string.
     fn send_safe_text(&self, a: &mut Active) -> Result<()> {
         let text = self.tok.decode(&a.row.tokens)?;
-        let mut safe = text.trim_end_matches('\u{FFFD}').len();
-        for stop in &a.job.sampling.stop {
-            for k in (1..stop.len()).rev() {
-                if stop.is_char_boundary(k) && text[..safe].ends_with(&stop[..k]) {
-                    safe = safe.min(safe - k);
-                    break;
-                }
-            }
-        }
+        let complete = text.trim_end_matches('\u{FFFD}').len();
+        let held = (a.job.sampling.stop.iter())
+            .flat_map(|stop| (1..stop.len()).filter(|&k| stop.is_char_boundary(k)).map(move |k| &stop[..k]))
+            .filter(|prefix| text[..complete].ends_with(prefix))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let safe = complete - held;
         if safe > a.sent && text.is_char_boundary(a.sent) && text.is_char_boundary(safe) {
             let _ = a.job.events.send(Event::Delta { index: a.row.index, text: text[a.sent..safe].to_string() });
             a.sent = safe;

@@ -57,10 +57,11 @@ pub struct Trainer {
     opt: AdamW,
     step: usize,
     kl_samples: Vec<KlSample>,
-    /// The reference's hidden rows on the KL samples, per KL chunk (`None` for a
-    /// chunk without response tokens): computed once per refresh, since neither the
-    /// samples nor the reference change in between; each step only applies the head.
-    ref_hidden: Vec<Option<Tensor>>,
+    /// The KL samples as padded batches of `kl_micro_batch` (those with response
+    /// tokens), each with the reference's hidden rows on it: built once per refresh,
+    /// since neither the samples nor the reference change in between; each step
+    /// applies only the reference's head.
+    kl_chunks: Vec<(SequenceBatch, Tensor)>,
 }
 
 /// Forward of a set of pairs: sequence log-probs `[B]` of chosen and rejected.
@@ -166,7 +167,7 @@ impl Trainer {
             opt,
             step,
             kl_samples,
-            ref_hidden: Vec::new(),
+            kl_chunks: Vec::new(),
         };
         if t.cfg.loss != LossKind::Spo {
             t.ref_train = t.reference_cache(&t.train)?;
@@ -309,28 +310,21 @@ impl Trainer {
         Ok(())
     }
 
-    /// The KL samples of `chunk`-sized groups as padded batches (`None`: no response token).
-    fn kl_batches(&self) -> Result<Vec<Option<SequenceBatch>>> {
-        self.kl_samples
-            .chunks(self.cfg.kl_micro_batch)
-            .map(|chunk| {
-                let rows: Vec<(&[u32], &[u32])> =
-                    chunk.iter().map(|s| (s.prompt.as_slice(), s.response.as_slice())).collect();
-                let batch = SequenceBatch::new(&rows, self.pad(), self.policy.dtype(), self.policy.device())?;
-                Ok((batch.lengths.iter().sum::<usize>() > 0).then_some(batch))
-            })
-            .collect()
-    }
-
-    /// Runs the reference over the current KL samples once (after a refresh, or on
-    /// the first step of a resumed run).
-    fn cache_reference_hidden(&mut self) -> Result<()> {
+    /// Builds `kl_chunks` from the current KL samples (after a refresh, or
+    /// on the first step of a resumed run): the reference runs over them once.
+    fn prepare_kl_chunks(&mut self) -> Result<()> {
         let reference = self.reference.as_ref().expect("SPO with β > 0 keeps its reference");
-        self.ref_hidden = self
-            .kl_batches()?
-            .iter()
-            .map(|b| b.as_ref().map(|b| reference.frozen_hidden_rows(&b.ids, &b.select)).transpose())
-            .collect::<candle_core::Result<_>>()?;
+        let mut chunks = Vec::new();
+        for chunk in self.kl_samples.chunks(self.cfg.kl_micro_batch) {
+            let rows: Vec<(&[u32], &[u32])> =
+                chunk.iter().map(|s| (s.prompt.as_slice(), s.response.as_slice())).collect();
+            let batch = SequenceBatch::new(&rows, self.pad(), self.policy.dtype(), self.policy.device())?;
+            if batch.lengths.iter().sum::<usize>() > 0 {
+                let hidden = reference.frozen_hidden_rows(&batch.ids, &batch.select)?;
+                chunks.push((batch, hidden));
+            }
+        }
+        self.kl_chunks = chunks;
         Ok(())
     }
 
@@ -340,8 +334,7 @@ impl Trainer {
         let reference = self.reference.as_ref().expect("SPO with β > 0 keeps its reference");
         let m = self.kl_samples.len();
         let (mut kl, mut ent, mut tokens) = (0.0, 0.0, 0usize);
-        for (batch, hidden) in self.kl_batches()?.iter().zip(&self.ref_hidden) {
-            let (Some(batch), Some(hidden)) = (batch, hidden) else { continue };
+        for (batch, hidden) in &self.kl_chunks {
             let p = self.policy.next_token_logdist(&batch.ids, &batch.select, true)?;
             let q = reference.logdist_of_hidden(hidden, false)?;
             let term = token_kl_rows(&p, &q, m)?;
@@ -400,10 +393,10 @@ impl Trainer {
             if self.step.is_multiple_of(c.kl_refresh) || self.kl_samples.is_empty() {
                 let t0 = std::time::Instant::now();
                 self.refresh_kl_samples()?;
-                self.cache_reference_hidden()?;
+                self.prepare_kl_chunks()?;
                 sample_secs = Some(t0.elapsed().as_secs_f64());
-            } else if self.ref_hidden.is_empty() {
-                self.cache_reference_hidden()?; // resumed between refreshes
+            } else if self.kl_chunks.is_empty() {
+                self.prepare_kl_chunks()?; // resumed between refreshes
             }
             let (k, e) = self.kl_term(&mut acc)?;
             if !k.is_finite() {

@@ -137,13 +137,10 @@ fn check_head_shapes(c: &Content, config: &LlamaConfig) -> Result<()> {
             }
         }
     }
-    let known: std::collections::HashSet<String> = crate::model::llama::weight_shapes(config)
-        .into_iter()
-        .map(|(name, _)| gguf_name(&name, config.tie_word_embeddings).0)
-        .collect();
-    let mut unknown: Vec<&String> = c.tensor_infos.keys().filter(|k| !known.contains(*k)).collect();
+    let unknown = super::unknown_tensors(config, c.tensor_infos.keys().cloned(), |name| {
+        gguf_name(name, config.tie_word_embeddings).0
+    });
     if !unknown.is_empty() {
-        unknown.sort();
         bail!("tensors this llama implementation would ignore (biases, other layers): {unknown:?}");
     }
     Ok(())

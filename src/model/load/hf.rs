@@ -70,18 +70,14 @@ fn rope_scaling(v: &serde_json::Value) -> Result<Option<RopeScaling>> {
 /// Refuses checkpoints with tensors the model would silently drop (biases, extra
 /// layers); RoPE buffers that some exports include are harmless and skipped.
 fn check_tensor_names(st: &MmapedSafetensors, config: &LlamaConfig, dir: &Path) -> Result<()> {
-    let known: std::collections::HashSet<String> =
-        crate::model::llama::weight_shapes(config).into_iter().map(|(n, _)| n).collect();
-    let mut unknown: Vec<String> = st
-        .tensors()
+    let present = st.tensors().into_iter().map(|(n, _)| n);
+    let mut unknown: Vec<String> = super::unknown_tensors(config, present, str::to_string)
         .into_iter()
-        .map(|(n, _)| n)
-        .filter(|n| !known.contains(n) && !n.ends_with("rotary_emb.inv_freq") && n != "lm_head.weight")
+        .filter(|n| !n.ends_with("rotary_emb.inv_freq") && n != "lm_head.weight")
         .collect();
     if unknown.is_empty() {
         return Ok(());
     }
-    unknown.sort();
     unknown.truncate(8);
     bail!("{}: tensors this llama implementation would ignore: {unknown:?}", dir.display())
 }

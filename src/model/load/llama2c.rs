@@ -80,16 +80,14 @@ pub fn parse(bytes: &[u8], dtype: DType, device: &Device) -> Result<(Llama, Vers
     ensure!(floats.len().is_multiple_of(4), "weight section is not a whole number of f32");
     let order = layout(&config, version)?;
     // checked: a crafted header's sizes must not overflow or allocate before this test
-    let needed = order.iter().try_fold(0usize, |acc, (_, n)| acc.checked_add(*n));
     let present = floats.len() / 4;
-    match needed {
-        Some(n) if n <= present => {}
-        _ => bail!(
+    let needed = match order.iter().try_fold(0usize, |acc, (_, n)| acc.checked_add(*n)) {
+        Some(n) if n <= present => n,
+        n => bail!(
             "truncated: {present} weights present, the header implies {}",
-            needed.map_or("more".into(), |n| n.to_string())
+            n.map_or("more".into(), |n| n.to_string())
         ),
-    }
-    let needed = needed.expect("checked above");
+    };
     let data: Vec<f32> =
         floats[..needed * 4].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     let mut tensors: HashMap<String, Tensor> = HashMap::new();

@@ -43,6 +43,20 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
     }
 }
 
+/// The tensors of a checkpoint (`present`) that no weight of `config` maps to, sorted:
+/// what the model would silently ignore. `file_name` gives a weight's name in the file.
+pub fn unknown_tensors(
+    config: &super::LlamaConfig,
+    present: impl IntoIterator<Item = String>,
+    file_name: impl Fn(&str) -> String,
+) -> Vec<String> {
+    let known: std::collections::HashSet<String> =
+        super::llama::weight_shapes(config).into_iter().map(|(name, _)| file_name(&name)).collect();
+    let mut unknown: Vec<String> = present.into_iter().filter(|n| !known.contains(n)).collect();
+    unknown.sort();
+    unknown
+}
+
 /// Converts a `W_q`/`W_k` matrix `[n_heads·head_dim, in]` from the interleaved RoPE
 /// layout (GGUF, llama2.c: pairs `(2i, 2i+1)`) to the half-split one (`(i, i + hd/2)`),
 /// undoing llama.cpp's converter permutation.
