@@ -138,7 +138,7 @@ pub fn response_logps(
     pad: u32,
     track: bool,
 ) -> Result<(Tensor, Vec<usize>)> {
-    let batch = SequenceBatch::new(rows, pad, model.dtype(), model.device())?;
+    let batch = SequenceBatch::new(rows, pad, model.accumulation_dtype(), model.device())?;
     let lp = model.token_logprobs(&batch.ids, &batch.select, &batch.targets, track)?;
     Ok((batch.per_row(&lp)?, batch.lengths))
 }

@@ -68,6 +68,7 @@ fn resume_refuses_settings_that_change_the_run_and_records_the_allowed_ones() {
         ("--lr", "0.5", "lr: 0.001 → 0.5"),
         ("--seed", "9", "seed: 0 → 9"),
         ("--loss", "dpo", "loss: \"spo\" → \"dpo\""),
+        ("--dtype", "bf16", "dtype: \"f32\" → \"bf16\""),
         ("--data", s(&other_data), "data:"),
     ] {
         let (data, extra) = match flag {
@@ -81,6 +82,7 @@ fn resume_refuses_settings_that_change_the_run_and_records_the_allowed_ones() {
     let config =
         || -> Value { serde_json::from_str(&std::fs::read_to_string(out.join("run_config.json")).unwrap()).unwrap() };
     assert_eq!(config()["alpha"], 0.03, "a refused resume leaves the run's record alone");
+    assert_eq!((config()["device"].clone(), config()["dtype"].clone()), ("cpu".into(), "f32".into()), "resolved");
     let o = train(&model, &data, &out, &["--resume", s(&ckpt), "--steps", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(config()["steps"], 3);

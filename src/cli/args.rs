@@ -96,19 +96,29 @@ pub fn positive(s: &str) -> Result<f64, String> {
     }
 }
 
-/// `--device`: `cpu`, or `cuda` / `cuda:N` when built with the `cuda` feature.
-pub fn device(spec: &str) -> anyhow::Result<candle_core::Device> {
-    let cuda_index = match spec {
-        "cpu" => return Ok(candle_core::Device::Cpu),
-        "cuda" => Some(0),
-        s => s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()),
-    };
-    match cuda_index {
-        None => usage(format!("--device {spec}: expected cpu, cuda or cuda:N")),
-        #[cfg(feature = "cuda")]
-        Some(n) => Ok(candle_core::Device::new_cuda(n)?),
-        #[cfg(not(feature = "cuda"))]
-        Some(_) => usage(format!("--device {spec}: this build has no GPU support (rebuild with --features cuda)")),
+/// `--device` and `--dtype`, shared by every command that runs a model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlacementArgs {
+    /// Device: auto (the first GPU in a CUDA build when one answers, else the CPU), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Compute precision (default: bf16 on a GPU, f32 on the CPU). Under bf16,
+    /// norms, softmaxes, log-probs, losses and the optimiser stay in f32.
+    #[arg(long, value_enum)]
+    pub dtype: Option<crate::model::Precision>,
+}
+
+impl PlacementArgs {
+    /// The flags as a command line spells them (for commands.sh).
+    pub fn argv(&self) -> Vec<String> {
+        let mut out = vec!["--device".to_string(), self.device.clone()];
+        out.extend(self.dtype.iter().flat_map(|d| ["--dtype".to_string(), d.to_string()]));
+        out
+    }
+
+    /// The device and precision, or a usage error naming the flag.
+    pub fn resolve(&self) -> anyhow::Result<crate::model::Placement> {
+        crate::model::Placement::resolve(&self.device, self.dtype).or_else(|e| usage(e.to_string()))
     }
 }
 

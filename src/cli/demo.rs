@@ -11,6 +11,7 @@ use super::train::{config, stop_on_ctrl_c, train_to_end};
 use super::{Cli, Command};
 use crate::eval::{EvalSpec, Evaluator};
 use crate::judge::rules::{score, stats, RulesJudge};
+use crate::model::Placement;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser};
 use serde_json::{json, Map, Value};
@@ -78,6 +79,9 @@ pub struct DemoArgs {
     /// Seed of everything.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Device and precision of every stage.
+    #[command(flatten)]
+    pub placement: super::args::PlacementArgs,
 }
 
 fn s(p: &Path) -> String {
@@ -170,6 +174,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "--out",
         &s(&pairs),
     ]);
+    let argv = [argv, args.placement.argv()].concat();
     super::run(Cli { command: parse(&argv)? })?;
     st.commands.push(("data/pairs.jsonl".into(), argv));
     let gap = args.min_gap.to_string();
@@ -249,6 +254,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
                 &args.kl_samples.to_string(),
             ]));
         }
+        argv.extend(args.placement.argv());
         let Command::Train(train_args) = parse(&argv)? else { unreachable!("a train command line") };
         eprintln!("{name}:");
         let cfg = config(&train_args)?;
@@ -290,6 +296,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "--plot",
         &s(&png),
     ]);
+    let argv = [argv, args.placement.argv()].concat();
     let Command::Eval(e) = parse(&argv)? else { unreachable!("an eval command line") };
     let report = evaluate_and_write(&e)?;
     figure(&report, &out.join("winrate.svg"))?;
@@ -298,7 +305,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     let t = st.begin(5, "writing the report");
     let spec = e.options.spec()?;
-    let stories = stories(&model, &report, &spec, &out.join("cache"))?;
+    let stories = stories(&model, &report, &spec, &out.join("cache"), args.placement.resolve()?)?;
     std::fs::write(out.join("samples.md"), stories)?;
     let mut sh = String::from(
         "#!/usr/bin/env bash\n# The commands behind each file of this report, run from the repository root.\nset -euo pipefail\nspo() { \"${SPO:-target/release/spo}\" \"$@\"; }\n",
@@ -362,9 +369,9 @@ fn summary(report: &EvalReport, kept: usize, candidates: usize) -> String {
 
 /// The first stories of the reference and of every run's last checkpoint, side by
 /// side (same seed for each row), with the rules judge's score of each.
-fn stories(reference: &Path, report: &EvalReport, spec: &EvalSpec, cache: &Path) -> Result<String> {
+fn stories(reference: &Path, report: &EvalReport, spec: &EvalSpec, cache: &Path, on: Placement) -> Result<String> {
     let judge = RulesJudge;
-    let ev = Evaluator::new(reference, spec.clone(), cache, &judge, 1)?;
+    let ev = Evaluator::new(reference, spec.clone(), cache, &judge, 1)?.on(on);
     let mut quiet = |_: &str| {};
     let mut columns = vec![("reference".to_string(), ev.samples(reference, &mut quiet)?)];
     for (name, points) in &report.runs {

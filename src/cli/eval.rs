@@ -45,6 +45,9 @@ pub struct EvalOptions {
     /// The judge.
     #[command(flatten)]
     pub judge: JudgeOptions,
+    /// Device and precision of sampling and scoring.
+    #[command(flatten)]
+    pub placement: super::args::PlacementArgs,
 }
 
 impl EvalOptions {
@@ -120,7 +123,8 @@ pub fn evaluate(
 ) -> Result<EvalReport> {
     let spec = options.spec()?;
     let judge = options.judge.build(options.cache.join("judge-cache.jsonl"))?;
-    let evaluator = Evaluator::new(reference, spec.clone(), &options.cache, judge.as_ref(), options.judge.concurrency)?;
+    let evaluator = Evaluator::new(reference, spec.clone(), &options.cache, judge.as_ref(), options.judge.concurrency)?
+        .on(options.placement.resolve()?);
     let baseline = evaluator.evaluate(reference, 0, note)?;
     let mut out = BTreeMap::new();
     for run in runs {

@@ -1,11 +1,9 @@
 //! `spo generate`: sample continuations of a prompt.
 
 use super::args::usage;
-use crate::model::load;
 use crate::sample::{generate, SamplingConfig};
 use crate::tokenizer::Message;
 use anyhow::Result;
-use candle_core::{DType, Device};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -15,6 +13,9 @@ pub struct GenerateArgs {
     /// Model: a Hugging Face directory, a GGUF file, or a llama2.c .bin.
     #[arg(long)]
     pub model: PathBuf,
+    /// Device and precision.
+    #[command(flatten)]
+    pub placement: super::args::PlacementArgs,
     /// Prompt text (raw, or the user message with --chat).
     #[arg(long, default_value = "")]
     pub prompt: String,
@@ -65,7 +66,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ignore_eos: args.ignore_eos,
     };
     cfg.validate().or_else(|e| usage(format!("--{e}")))?;
-    let loaded = load(&args.model, DType::F32, &Device::Cpu)?;
+    let loaded = args.placement.resolve()?.load(&args.model)?;
     let tok = &loaded.tokenizer;
     let ids = if args.chat {
         tok.encode_chat(&[Message::new("user", &args.prompt)])?

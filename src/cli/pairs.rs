@@ -1,10 +1,8 @@
 //! `spo pairs`: candidate pairs — two independent samples per prompt — resumable.
 
 use super::args::{prompts_or_prefix, usage};
-use crate::model::load;
 use crate::sample::{generate, SamplingConfig};
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -15,6 +13,9 @@ pub struct PairsArgs {
     /// Model to sample from.
     #[arg(long)]
     pub model: PathBuf,
+    /// Device and precision.
+    #[command(flatten)]
+    pub placement: super::args::PlacementArgs,
     /// File of prompts, one per line (pair k uses line k mod n).
     #[arg(long, conflicts_with = "prefix")]
     pub prompts: Option<PathBuf>,
@@ -144,7 +145,7 @@ pub fn run(args: PairsArgs) -> Result<()> {
         eprintln!("{} already holds {done} pairs; nothing to do", args.out.display());
         return Ok(());
     }
-    let loaded = load(&args.model, DType::F32, &Device::Cpu)?;
+    let loaded = args.placement.resolve()?.load(&args.model)?;
     let tok = &loaded.tokenizer;
     // Batches are aligned to multiples of batch_size from index 0 and seeded by their
     // start, so a rerun regenerates a torn batch identically and skips what exists.

@@ -1,10 +1,9 @@
 //! `spo score`: the log-probability of a text, optionally given a prompt, exactly
 //! as the trainer computes a response's log-probability.
 
-use crate::model::load;
 use crate::tokenizer::encode_pair;
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -15,6 +14,9 @@ pub struct ScoreArgs {
     /// Model: a Hugging Face directory, a GGUF file, or a llama2.c .bin.
     #[arg(long)]
     pub model: PathBuf,
+    /// Device and precision.
+    #[command(flatten)]
+    pub placement: super::args::PlacementArgs,
     /// Prompt the text continues (not scored).
     #[arg(long)]
     pub prompt: Option<String>,
@@ -38,7 +40,7 @@ struct Scored {
 
 /// Runs `spo score`.
 pub fn run(args: ScoreArgs) -> Result<()> {
-    let loaded = load(&args.model, DType::F32, &Device::Cpu)?;
+    let loaded = args.placement.resolve()?.load(&args.model)?;
     let tok = &loaded.tokenizer;
     // Without a prompt, the text's first token is the context for the rest.
     let (context, scored) = match &args.prompt {

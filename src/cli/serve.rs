@@ -1,12 +1,10 @@
 //! `spo serve`: an OpenAI-compatible server for any model spo loads.
 
 use super::args::usage;
-use crate::model::load;
 use crate::serve::http::{serve, App};
 use crate::serve::scheduler::Scheduler;
 use crate::serve::ServeConfig;
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +16,9 @@ pub struct ServeArgs {
     /// Model: a Hugging Face directory, a GGUF file, or a llama2.c .bin.
     #[arg(long)]
     pub model: PathBuf,
+    /// Device and precision.
+    #[command(flatten)]
+    pub placement: super::args::PlacementArgs,
     /// Port.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
@@ -86,7 +87,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         return usage("--max-batch, --queue, --body-limit and --max-tokens must be at least 1");
     }
     let key = api_key(&args)?;
-    let loaded = load(&args.model, DType::F32, &Device::Cpu)?;
+    let loaded = args.placement.resolve()?.load(&args.model)?;
     let name = args.model.file_stem().map_or("spo".into(), |s| s.to_string_lossy().into_owned());
     let cfg = ServeConfig {
         model_name: name,

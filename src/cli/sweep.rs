@@ -107,6 +107,8 @@ pub fn run(args: SweepArgs) -> Result<()> {
     base.batch_size = args.batch_size.unwrap_or(base.batch_size);
     base.lr = args.lr.unwrap_or(base.lr);
     base.save_every = args.save_every.unwrap_or(base.save_every);
+    base.device = args.eval.placement.device.clone();
+    base.dtype = args.eval.placement.dtype.or(base.dtype);
     crate::fsx::check_output_dir("--out", &args.out, &[("--model", &args.model), ("--data", &args.data)])?;
     let runs = grid(&args, &base);
     if runs.is_empty() {

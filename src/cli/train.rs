@@ -1,10 +1,10 @@
 //! `spo train`: SPO (or DPO/IPO) fine-tuning with a progress bar and metrics.
 
 use super::args::usage;
+use crate::model::{Placement, Precision};
 use crate::train::config::{LossKind, Schedule, TrainConfig, WeightingKind};
 use crate::train::{Progress, Trainer};
 use anyhow::{Context, Result};
-use candle_core::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
@@ -112,9 +112,13 @@ pub struct TrainArgs {
     /// Stop with a checkpoint after this step, as an interruption would (time-boxed runs).
     #[arg(long)]
     pub stop_after: Option<usize>,
-    /// Device: cpu, or cuda / cuda:N in a build with the `cuda` feature.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// Device: auto (the first GPU in a CUDA build when one answers, else the CPU), cpu, cuda, cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Compute precision (default: bf16 on a GPU, f32 on the CPU). Under bf16 the
+    /// policy keeps f32 master weights; log-probs, losses, the KL and AdamW are f32.
+    #[arg(long, value_enum)]
+    pub dtype: Option<Precision>,
 }
 
 macro_rules! overlay {
@@ -160,10 +164,14 @@ pub fn config(args: &TrainArgs) -> Result<TrainConfig> {
         seed,
         eval_fraction,
         eval_every,
-        save_every
+        save_every,
+        device
     );
     if args.warmup_steps.is_some() {
         cfg.warmup_steps = args.warmup_steps;
+    }
+    if args.dtype.is_some() {
+        cfg.dtype = args.dtype;
     }
     cfg.skip_invalid |= args.skip_invalid;
     cfg.overwrite |= args.overwrite;
@@ -270,17 +278,21 @@ pub fn train(
     stop: &Arc<AtomicBool>,
     stop_after: Option<usize>,
 ) -> Result<()> {
-    let cfg = &match resume {
+    let mut cfg = match resume {
         Some(dir) => resumed_config(cfg, dir)?,
         None => cfg.clone(),
     };
+    // The run records what it ran on and in: a resume finds its precision there.
+    let placement = Placement::resolve(&cfg.device, cfg.dtype).or_else(|e| usage(e.to_string()))?;
+    (cfg.device, cfg.dtype) = (placement.device_name(), Some(placement.precision));
+    let cfg = &cfg;
     let bar = ProgressBar::new(cfg.steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}, {per_sec}] {msg}")
             .expect("valid template"),
     );
     let mut progress = Bar(bar);
-    let mut trainer = Trainer::new(cfg.clone(), candle_core::DType::F32, &Device::Cpu, resume, &mut progress)?;
+    let mut trainer = Trainer::new(cfg.clone(), placement.precision.dtype(), &placement.device, resume, &mut progress)?;
     let (n_train, n_eval) = trainer.sizes();
     progress.note(&format!("{n_train} training pairs, {n_eval} held out; {:?} loss", cfg.loss));
     std::fs::create_dir_all(&cfg.out)?;
@@ -343,12 +355,6 @@ pub fn stop_on_ctrl_c() -> Arc<AtomicBool> {
 /// Runs `spo train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     let cfg = config(&args)?;
-    if args.device != "cpu" {
-        return usage(format!(
-            "--device {}: this build supports cpu only (build with --features cuda for GPUs)",
-            args.device
-        ));
-    }
     match &args.resume {
         Some(_) if cfg.overwrite => return usage("--resume continues a run and --overwrite removes it: give one"),
         Some(_) => crate::fsx::check_output_dir("--out", &cfg.out, &[("--data", cfg.data.as_path())])?,

@@ -11,10 +11,10 @@ pub mod winrate;
 
 use crate::batch::response_logps;
 use crate::judge::{judge_both_orders, Judge, Match};
-use crate::model::load::{load, Loaded};
+use crate::model::{Loaded, Placement};
 use crate::sample::{generate, SamplingConfig};
 use anyhow::{ensure, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use serde::{Deserialize, Serialize};
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
@@ -132,6 +132,7 @@ pub struct Evaluator<'a> {
     judge: &'a (dyn Judge + Sync),
     workers: usize,
     reference_samples: OnceCell<SampleSet>,
+    placement: Placement,
 }
 
 impl<'a> Evaluator<'a> {
@@ -153,7 +154,14 @@ impl<'a> Evaluator<'a> {
             judge,
             workers,
             reference_samples: OnceCell::new(),
+            placement: Placement::default(),
         })
+    }
+
+    /// Samples and scores on `placement`'s device and precision (default: CPU, f32).
+    pub fn on(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
     }
 
     /// The sampling settings.
@@ -163,7 +171,7 @@ impl<'a> Evaluator<'a> {
 
     fn reference(&self) -> Result<&Loaded> {
         if self.reference.get().is_none() {
-            let loaded = load(&self.reference_path, DType::F32, &Device::Cpu)?;
+            let loaded = self.placement.load(&self.reference_path)?;
             let _ = self.reference.set(loaded);
         }
         Ok(self.reference.get().expect("just set"))
@@ -172,10 +180,11 @@ impl<'a> Evaluator<'a> {
     /// The samples of `path` (from the cache when there); `note` hears progress.
     pub fn samples(&self, path: &Path, note: &mut dyn FnMut(&str)) -> Result<SampleSet> {
         let key = format!(
-            "{}\n{}\n{}",
+            "{}\n{}\n{}\n{:?}",
             fingerprint(path)?,
             fingerprint(&self.reference_path)?,
-            serde_json::to_string(&self.spec)?
+            serde_json::to_string(&self.spec)?,
+            self.placement.precision
         );
         let file = self.cache.join(format!("samples-{:016x}.json", fnv1a(key.as_bytes())));
         if let Ok(text) = std::fs::read_to_string(&file) {
@@ -198,7 +207,7 @@ impl<'a> Evaluator<'a> {
         let loaded = if path == self.reference_path {
             self.reference()?
         } else {
-            own = load(path, DType::F32, &Device::Cpu)?;
+            own = self.placement.load(path)?;
             &own
         };
         let reference = &self.reference()?.model;

@@ -115,6 +115,28 @@ fn w(v: &Var, track: bool) -> Tensor {
     }
 }
 
+/// The rotary embedding of `config`, rotations in `dtype`.
+fn rope_of(config: &LlamaConfig, dtype: DType) -> Rope {
+    let c = config;
+    Rope::new(c.head_dim(), c.max_position_embeddings, c.rope_theta, c.rope_scaling.as_ref(), dtype)
+}
+
+/// Whether `dtype` is a 16-bit float, whose sums (norms, softmax, log-softmax) are
+/// taken in f32.
+fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
+}
+
+/// The dtype sums and outputs are computed in: f32 for 16-bit compute, else the
+/// compute dtype itself (f64 in exact tests).
+pub fn accumulation_dtype(compute: DType) -> DType {
+    if is_half(compute) {
+        DType::F32
+    } else {
+        compute
+    }
+}
+
 /// `x @ wᵀ` for `x: [..., in]`, `w: [out, in]`. Untracked f32 calls with few rows
 /// (decoding steps) take the weight-streaming kernel.
 fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
@@ -135,11 +157,13 @@ fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     y.reshape(out)
 }
 
-/// Composed RMSNorm: `x · rsqrt(mean(x²) + ε) · w`.
+/// Composed RMSNorm: `x · rsqrt(mean(x²) + ε) · w`, normalised in f32 for 16-bit
+/// `x` (as Hugging Face does) and scaled in `x`'s dtype.
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let xa = x.to_dtype(accumulation_dtype(x.dtype()))?;
+    let ms = xa.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv)?.broadcast_mul(weight)
+    xa.broadcast_mul(&inv)?.to_dtype(x.dtype())?.broadcast_mul(weight)
 }
 
 /// The names and shapes of every weight, in a fixed order (Hugging Face names).
@@ -208,13 +232,7 @@ impl Llama {
         let embed = take("model.embed_tokens.weight".into());
         let norm = take("model.norm.weight".into());
         let lm_head = (!config.tie_word_embeddings).then(|| take("lm_head.weight".into()));
-        let rope = Rope::new(
-            config.head_dim(),
-            config.max_position_embeddings,
-            config.rope_theta,
-            config.rope_scaling.as_ref(),
-            dtype,
-        );
+        let rope = rope_of(&config, dtype);
         Ok(Self { config, embed, blocks, norm, lm_head, rope, dtype, device: device.clone() })
     }
 
@@ -240,10 +258,30 @@ impl Llama {
     /// An independent copy with its own variables. (`clone()` shares them: training
     /// a clone trains the original too.)
     pub fn deep_copy(&self) -> anyhow::Result<Self> {
+        Ok(self.converted(self.weight_dtype())?.compute_in(self.dtype))
+    }
+
+    /// An independent copy with its weights stored and computed in `dtype` (e.g.
+    /// a bf16 frozen reference of an f32 model).
+    pub fn converted(&self, dtype: DType) -> anyhow::Result<Self> {
         let vars: std::collections::HashMap<String, Var> = self.named_vars().into_iter().collect();
-        Self::from_tensors(self.config.clone(), self.dtype, &self.device, |name| {
+        Self::from_tensors(self.config.clone(), dtype, &self.device, |name| {
             Ok(vars[name].as_tensor().detach().copy()?)
         })
+    }
+
+    /// The same weights (shared variables), computed in `dtype`: f32 master weights
+    /// with bf16 compute is mixed precision (the casts are differentiable, so
+    /// gradients and the optimiser stay in the weights' dtype).
+    pub fn compute_in(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self.rope = rope_of(&self.config, dtype);
+        self
+    }
+
+    /// The dtype the weights are stored in.
+    pub fn weight_dtype(&self) -> DType {
+        self.embed.dtype()
     }
 
     /// Architecture.
@@ -299,16 +337,17 @@ impl Llama {
         let c = &self.config;
         let (b, t) = ids.dims2()?;
         let (h, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
-        let mut x = w(&self.embed, track).index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?;
+        let rows = w(&self.embed, track).index_select(&ids.flatten_all()?, 0)?;
+        let mut x = rows.to_dtype(self.dtype)?.reshape((b, t, c.hidden_size))?;
         if let Some(cache) = cache.as_deref_mut() {
             cache.layers.resize(self.blocks.len(), None);
         }
         let scale = 1.0 / (hd as f64).sqrt();
         let rotation = self.rope.at(positions, &self.device)?;
         for (li, blk) in self.blocks.iter().enumerate() {
-            let xn = rms_norm(&x, &w(&blk.attn_norm, track), c.rms_norm_eps)?;
+            let xn = rms_norm(&x, &self.weight(&blk.attn_norm, track)?, c.rms_norm_eps)?;
             let heads = |wt: &Var, n: usize| -> Result<Tensor> {
-                linear(&xn, &w(wt, track))?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
+                linear(&xn, &self.weight(wt, track)?)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
             };
             let q = rotation.apply(&heads(&blk.wq, h)?)?;
             let mut k = rotation.apply(&heads(&blk.wk, kvh)?)?;
@@ -325,28 +364,44 @@ impl Llama {
             let n_rep = h / kvh;
             let q = q.reshape((b, kvh, n_rep * t, hd))?;
             let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, h, t, tk))?;
-            let probs = softmax(&scores.broadcast_add(mask)?, D::Minus1)?;
+            let scores = scores.to_dtype(self.accumulation_dtype())?.broadcast_add(mask)?;
+            let probs = softmax(&scores, D::Minus1)?.to_dtype(self.dtype)?;
             let ctx = probs.reshape((b, kvh, n_rep * t, tk))?.matmul(&v)?.reshape((b, h, t, hd))?;
             let ctx = ctx.transpose(1, 2)?.reshape((b, t, h * hd))?;
-            x = (x + linear(&ctx, &w(&blk.wo, track))?)?;
-            let xn = rms_norm(&x, &w(&blk.ffn_norm, track), c.rms_norm_eps)?;
-            let gate = linear(&xn, &w(&blk.w_gate, track))?;
-            let up = linear(&xn, &w(&blk.w_up, track))?;
-            x = (x + linear(&(gate.silu()? * up)?, &w(&blk.w_down, track))?)?;
+            x = (x + linear(&ctx, &self.weight(&blk.wo, track)?)?)?;
+            let xn = rms_norm(&x, &self.weight(&blk.ffn_norm, track)?, c.rms_norm_eps)?;
+            let gate = linear(&xn, &self.weight(&blk.w_gate, track)?)?;
+            let up = linear(&xn, &self.weight(&blk.w_up, track)?)?;
+            x = (x + linear(&(gate.silu()? * up)?, &self.weight(&blk.w_down, track)?)?)?;
         }
-        rms_norm(&x, &w(&self.norm, track), c.rms_norm_eps)
+        rms_norm(&x, &self.weight(&self.norm, track)?, c.rms_norm_eps)
     }
 
     /// Output logits `[N, V]` of hidden rows `[N, D]`.
     fn head(&self, rows: &Tensor, track: bool) -> Result<Tensor> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        linear(rows, &w(head, track))
+        linear(rows, &self.weight(head, track)?)
+    }
+
+    /// A weight in the compute dtype (a differentiable cast from f32 master weights
+    /// under mixed precision; a no-op otherwise).
+    fn weight(&self, v: &Var, track: bool) -> Result<Tensor> {
+        w(v, track).to_dtype(self.dtype)
+    }
+
+    /// The dtype of norms, softmaxes and every output (log-probs, logits): f32
+    /// when computing in a 16-bit dtype.
+    pub fn accumulation_dtype(&self) -> DType {
+        accumulation_dtype(self.dtype)
     }
 
     fn causal_mask(&self, b: usize, t: usize) -> Result<Tensor> {
         let v: Vec<f32> =
             (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
-        Tensor::from_vec(v, (1, 1, t, t), &self.device)?.to_dtype(self.dtype)?.broadcast_as((b, 1, t, t))?.contiguous()
+        Tensor::from_vec(v, (1, 1, t, t), &self.device)?
+            .to_dtype(self.accumulation_dtype())?
+            .broadcast_as((b, 1, t, t))?
+            .contiguous()
     }
 
     fn check_len(&self, t: usize) -> Result<()> {
@@ -374,7 +429,7 @@ impl Llama {
     /// are materialised. Differentiable w.r.t. every weight when `track`.
     pub fn token_logprobs(&self, ids: &Tensor, select: &Tensor, targets: &Tensor, track: bool) -> Result<Tensor> {
         let rows = self.selected_hidden(ids, select, track)?;
-        let logp = log_softmax(&self.head(&rows, track)?, D::Minus1)?;
+        let logp = self.logdist_of_hidden(&rows, track)?;
         logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)
     }
 
@@ -395,7 +450,7 @@ impl Llama {
     /// Next-token log-distributions `[N, V]` of hidden rows `[N, D]` (the output
     /// head and log-softmax); `next_token_logdist` = this ∘ the hidden rows.
     pub fn logdist_of_hidden(&self, rows: &Tensor, track: bool) -> Result<Tensor> {
-        log_softmax(&self.head(rows, track)?, D::Minus1)
+        log_softmax(&self.head(rows, track)?.to_dtype(self.accumulation_dtype())?, D::Minus1)
     }
 
     /// Inference step with a KV cache on left-padded rows: `ids: [B, T]` are the
@@ -419,7 +474,7 @@ impl Llama {
                 }
             }
         }
-        let mask = Tensor::from_vec(m, (b, 1, t, past + t), &self.device)?.to_dtype(self.dtype)?;
+        let mask = Tensor::from_vec(m, (b, 1, t, past + t), &self.device)?.to_dtype(self.accumulation_dtype())?;
         let hidden = self.hidden(ids, &pos, &mask, Some(cache), false)?;
         let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
         self.head(&last, false)?.to_dtype(DType::F32)

@@ -3,10 +3,12 @@
 pub mod config;
 pub mod decode_linear;
 pub mod llama;
+pub mod placement;
 pub mod rope;
 
 pub use config::LlamaConfig;
 pub use llama::{KvCache, Llama};
+pub use placement::{Placement, Precision};
 pub mod load;
 
 pub use load::{load, Loaded};

@@ -3,6 +3,7 @@
 
 use crate::batch::Truncation;
 use crate::loss::Weighting;
+use crate::model::Precision;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -42,7 +43,7 @@ pub enum WeightingKind {
 
 /// Options a user may change when resuming a run: its length and its checkpoint
 /// and evaluation cadence. With [`HOW_WRITTEN`], every other option is the run.
-pub const RESUMABLE_CHANGES: [&str; 4] = ["steps", "save_every", "eval_every", "save_only_model"];
+pub const RESUMABLE_CHANGES: [&str; 5] = ["steps", "save_every", "eval_every", "save_only_model", "device"];
 
 /// Options that say where and how a run is written, not what it is.
 pub const HOW_WRITTEN: [&str; 2] = ["overwrite", "out"];
@@ -116,6 +117,11 @@ pub struct TrainConfig {
     /// Checkpoints hold the weights only, not the optimiser state (TRL's name): a
     /// third of the disk, but such a checkpoint can be evaluated, not resumed.
     pub save_only_model: bool,
+    /// Device (`auto`, `cpu`, `cuda:N`); a run may move between devices on resume.
+    pub device: String,
+    /// Compute precision (unset: the device's default, bf16 on a GPU and f32 on
+    /// the CPU); part of what the run is. Recorded runs always name it.
+    pub dtype: Option<Precision>,
 }
 
 impl Default for TrainConfig {
@@ -153,6 +159,8 @@ impl Default for TrainConfig {
             skip_invalid: false,
             overwrite: false,
             save_only_model: false,
+            device: "auto".into(),
+            dtype: None,
         }
     }
 }
@@ -199,17 +207,19 @@ impl TrainConfig {
     /// Continues `earlier` (the run a checkpoint or output directory holds) with
     /// this configuration. Options that change what the run is are refused, listed
     /// as `key: earlier → now`; the ones that may change ([`RESUMABLE_CHANGES`]) are
-    /// taken and returned as the list of changes to record. An unset warm-up keeps
+    /// taken and returned as the list of changes to record. An unset warm-up or dtype keeps
     /// the earlier run's, so a longer run does not re-shape a schedule already used.
     pub fn continuing(mut self, earlier: &TrainConfig) -> Result<(TrainConfig, Vec<String>), Vec<String>> {
-        if self.warmup_steps.is_none() {
-            self.warmup_steps = Some(earlier.warmup());
-        }
-        let (now, was) = (
-            serde_json::to_value(&self).expect("serialisable"),
-            serde_json::to_value(TrainConfig { warmup_steps: Some(earlier.warmup()), ..earlier.clone() })
-                .expect("serialisable"),
-        );
+        // Runs recorded before `dtype` existed ran in f32.
+        let earlier = TrainConfig {
+            warmup_steps: Some(earlier.warmup()),
+            dtype: Some(earlier.dtype.unwrap_or(Precision::F32)),
+            ..earlier.clone()
+        };
+        self.warmup_steps = self.warmup_steps.or(earlier.warmup_steps);
+        self.dtype = self.dtype.or(earlier.dtype);
+        let (now, was) =
+            (serde_json::to_value(&self).expect("serialisable"), serde_json::to_value(&earlier).expect("serialisable"));
         let (mut refused, mut changed) = (Vec::new(), Vec::new());
         for (key, value) in now.as_object().expect("an object") {
             let before = &was[key.as_str()];

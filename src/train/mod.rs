@@ -11,6 +11,7 @@ use crate::loss::{
     baselines::PairLogps, dpo_loss, ipo_loss, soft_importance_normaliser, spo_preference_loss_in_batch, token_kl_rows,
     LossOutput, Weighting,
 };
+use crate::model::llama::accumulation_dtype;
 use crate::model::{load, Llama};
 use crate::sample::{generate, SamplingConfig};
 use crate::tokenizer::Tokenizer;
@@ -102,7 +103,9 @@ fn accumulate(model: &Llama, loss: &Tensor, acc: &mut HashMap<String, Tensor>) -
 impl Trainer {
     /// Loads the model(s) and data, validates everything, and (for DPO/IPO) caches
     /// the reference log-probs. `resume` continues from a checkpoint directory.
-    /// `dtype` is the compute dtype (f32 in practice; f64 for exact tests).
+    /// `dtype` is the compute dtype (f32 or bf16; f64 for exact tests). Under bf16
+    /// the policy keeps f32 master weights (gradients and AdamW in f32) and the
+    /// frozen reference is stored in bf16.
     pub fn new(
         cfg: TrainConfig,
         dtype: DType,
@@ -111,7 +114,8 @@ impl Trainer {
         progress: &mut dyn Progress,
     ) -> Result<Self> {
         cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let base = load(&cfg.model, dtype, device)?;
+        let master = accumulation_dtype(dtype);
+        let base = load(&cfg.model, master, device)?;
         let tok = base.tokenizer.clone();
         let ds = crate::data::read(&cfg.data, Some(&tok))?;
         crate::data::check(&ds, &cfg.data, cfg.skip_invalid)?;
@@ -136,11 +140,16 @@ impl Trainer {
         let eval = pairs.split_off(pairs.len() - n_eval.min(pairs.len() - 1));
         let train = pairs;
         let policy = match resume {
-            Some(dir) => load(dir, dtype, device)?.model,
+            Some(dir) => load(dir, master, device)?.model,
             // the reference keeps the original variables; the policy trains a copy
             None => base.model.deep_copy()?,
+        }
+        .compute_in(dtype);
+        let reference = match cfg.loss != LossKind::Spo || cfg.uses_kl() {
+            false => None,
+            true if master == dtype => Some(base.model),
+            true => Some(base.model.converted(dtype)?),
         };
-        let reference = (cfg.loss != LossKind::Spo || cfg.uses_kl()).then_some(base.model);
         let adam = AdamWConfig {
             beta1: cfg.adam_beta1,
             beta2: cfg.adam_beta2,
@@ -318,7 +327,7 @@ impl Trainer {
         for chunk in self.kl_samples.chunks(self.cfg.kl_micro_batch) {
             let rows: Vec<(&[u32], &[u32])> =
                 chunk.iter().map(|s| (s.prompt.as_slice(), s.response.as_slice())).collect();
-            let batch = SequenceBatch::new(&rows, self.pad(), self.policy.dtype(), self.policy.device())?;
+            let batch = SequenceBatch::new(&rows, self.pad(), self.policy.accumulation_dtype(), self.policy.device())?;
             if batch.lengths.iter().sum::<usize>() > 0 {
                 let hidden = reference.frozen_hidden_rows(&batch.ids, &batch.select)?;
                 chunks.push((batch, hidden));
