@@ -18,19 +18,7 @@ fn main() -> anyhow::Result<()> {
     };
     let config = match preset {
         "tiny" => LlamaConfig::tiny(),
-        "stories15m" => LlamaConfig {
-            vocab_size: 32_000,
-            hidden_size: 288,
-            intermediate_size: 768,
-            num_hidden_layers: 6,
-            num_attention_heads: 6,
-            num_key_value_heads: 6,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            max_position_embeddings: 256,
-            tie_word_embeddings: false,
-            rope_scaling: None,
-        },
+        "stories15m" => LlamaConfig::stories15m(),
         other => anyhow::bail!("unknown preset {other}"),
     };
     let model = Llama::random(config.clone(), 7, DType::F32, &Device::Cpu)?;

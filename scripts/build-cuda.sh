@@ -56,8 +56,12 @@ export LD_LIBRARY_PATH="$toolkit/lib:$root/stub${LD_LIBRARY_PATH:+:$LD_LIBRARY_P
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$toolkit/lib -L native=$root/stub"
 cargo build --release --features cuda --target-dir target-cuda --bin spo
 
-# 4. It starts here and refuses cuda plainly.
-echo "built target-cuda/release/spo; here (no GPU) it answers:"
-if LD_LIBRARY_PATH="$toolkit/lib:$root/stub" target-cuda/release/spo generate --device cuda --help >/dev/null; then
-    echo "  (starts with the stub)"
-fi
+# 4. It starts here (stub on the loader path) and says plainly that no GPU answers.
+echo "built target-cuda/release/spo; here it answers:"
+LD_LIBRARY_PATH="$toolkit/lib:$root/stub" target-cuda/release/spo bench parity --device cuda || true
+
+# 5. What travels to the GPU machine (scripts/gpu-check.sh unpacks it there).
+mkdir -p dist
+strip -o dist/spo-cuda target-cuda/release/spo
+xz -1 -f dist/spo-cuda
+ls -l dist/spo-cuda.xz

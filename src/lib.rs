@@ -9,6 +9,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod batch;
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod eval;

@@ -1,6 +1,7 @@
 //! The `spo` command line: one module per subcommand. Only this layer prints or exits.
 
 pub mod args;
+pub mod bench;
 pub mod demo;
 pub mod eval;
 pub mod fetch;
@@ -49,6 +50,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Align a model with SPO (or DPO/IPO) on preference pairs.
     Train(Box<train::TrainArgs>),
+    /// Measure training-step and sampling throughput, or CPU–GPU parity.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs a parsed command line.
@@ -65,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(*args),
         Command::Fetch(args) => fetch::run(args),
         Command::Sweep(args) => sweep::run(*args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

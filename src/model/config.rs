@@ -36,6 +36,42 @@ impl LlamaConfig {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// llama2.c's stories15M shape (dim 288, 6 layers, 6 heads, vocabulary 32,000,
+    /// untied): a benchmark shape.
+    pub fn stories15m() -> Self {
+        Self {
+            vocab_size: 32_000,
+            hidden_size: 288,
+            intermediate_size: 768,
+            num_hidden_layers: 6,
+            num_attention_heads: 6,
+            num_key_value_heads: 6,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 256,
+            tie_word_embeddings: false,
+            rope_scaling: None,
+        }
+    }
+
+    /// SmolLM2-135M's shape (dim 576, 30 layers, GQA 9/3 heads, vocabulary 49,152,
+    /// tied embeddings): a benchmark shape.
+    pub fn smollm2_135m() -> Self {
+        Self {
+            vocab_size: 49_152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            rms_norm_eps: 1e-5,
+            rope_theta: 100_000.0,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: true,
+            rope_scaling: None,
+        }
+    }
+
     /// A tiny random-test shape: 2 layers, GQA 4/2 heads, vocabulary 61.
     pub fn tiny() -> Self {
         Self {

@@ -113,7 +113,8 @@ fn first_gpu() -> Option<Device> {
 #[cfg(feature = "cuda")]
 fn gpu(index: usize) -> Result<Device, String> {
     Device::new_cuda(index).map_err(|e| {
-        let e = e.to_string();
+        // candle appends a backtrace to driver errors: keep the error's own line
+        let e = e.to_string().lines().next().unwrap_or_default().to_string();
         if e.contains("STUB_LIBRARY") || e.contains("NO_DEVICE") {
             format!("no usable NVIDIA GPU on this machine (the CUDA driver says: {e})")
         } else {
