@@ -38,6 +38,20 @@ fn tiny_model(dir: &Path, seed: u64) -> PathBuf {
     path
 }
 
+/// Scales the saved model's output head by 25. The random head (std 0.02) over
+/// unit-RMS hidden states bounds every logit to about ±0.6: a full fine-tune grows
+/// the head, but LoRA keeps it frozen and could not express the fixed point's
+/// log-probability gaps (it stops at the bound, whatever the learning rate).
+fn widen_output_head(dir: &Path) {
+    let loaded = spo::model::load(dir, DType::F32, &Device::Cpu).unwrap();
+    for (name, var) in loaded.model.named_vars() {
+        if name == "lm_head.weight" {
+            var.set(&(var.as_tensor() * 25.0).unwrap()).unwrap();
+        }
+    }
+    hf::save(&loaded.model, &loaded.tokenizer, dir).unwrap();
+}
+
 const PROMPTS: [&str; 2] = ["Q1:", "Q2:"];
 const ANSWERS: [&str; 3] = ["no", "maybe", "yes"];
 /// BT weights w (rewards ln w): D(i≻j)/D(j≻i) = w_i/w_j exactly with integer counts.
@@ -95,9 +109,12 @@ fn answer_logps(model: &Llama, tok: &spo::tokenizer::Tokenizer) -> Vec<Vec<f64>>
 /// Answer log-probs per prompt before and after training, and the pairs trained on.
 type FullBatchRun = (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<(usize, usize)>);
 
-fn train_full_batch(loss: LossKind, alpha: f64, beta: f64, name: &str) -> FullBatchRun {
+fn train_full_batch(loss: LossKind, alpha: f64, beta: f64, lora_r: usize, name: &str) -> FullBatchRun {
     let dir = common::temp_dir(name);
     let model = tiny_model(&dir, 11);
+    if lora_r > 0 {
+        widen_output_head(&model);
+    }
     let (data, pairs) = bt_dataset(&dir);
     let cfg = TrainConfig {
         loss,
@@ -109,6 +126,7 @@ fn train_full_batch(loss: LossKind, alpha: f64, beta: f64, name: &str) -> FullBa
         lr: 3e-2,
         warmup_steps: Some(10),
         schedule: Schedule::Cosine,
+        lora_r,
         ..config(&model, &data, &dir.join("run"))
     };
     let mut t = Trainer::new(cfg, DType::F32, &Device::Cpu, None, &mut Quiet).unwrap();
@@ -124,8 +142,19 @@ fn train_full_batch(loss: LossKind, alpha: f64, beta: f64, name: &str) -> FullBa
 /// answers' log-probability differences to the tabular fixed point (r_i − r_j)/α.
 #[test]
 fn spo_reaches_the_theorem_1_fixed_point_on_a_language_model() {
+    theorem_1_fixed_point(0);
+}
+
+/// Theorem 1 with LoRA (rank 4 on every projection, the base frozen): the same
+/// fixed point at the same tolerance, so the adapters carry the method.
+#[test]
+fn spo_reaches_the_theorem_1_fixed_point_with_lora_adapters() {
+    theorem_1_fixed_point(4);
+}
+
+fn theorem_1_fixed_point(lora_r: usize) {
     for alpha in [0.5, 1.0] {
-        let (_, after, pairs) = train_full_batch(LossKind::Spo, alpha, 0.0, &format!("thm1-{alpha}"));
+        let (_, after, pairs) = train_full_batch(LossKind::Spo, alpha, 0.0, lora_r, &format!("thm1-{alpha}-{lora_r}"));
         // the tabular fixed point of the same counts, from the theory engine
         let d = PairDistribution::empirical(3, &pairs[..pairs.len() / 2]);
         let obj = Objective::Spo { alpha, weighting: spo::loss::Weighting::Uniform, kl: None };
@@ -145,7 +174,7 @@ fn spo_reaches_the_theorem_1_fixed_point_on_a_language_model() {
 #[test]
 fn dpo_reaches_its_own_fixed_point() {
     let beta = 0.5;
-    let (before, after, _) = train_full_batch(LossKind::Dpo, 0.03, beta, "dpo-fixed");
+    let (before, after, _) = train_full_batch(LossKind::Dpo, 0.03, beta, 0, "dpo-fixed");
     for (b, a) in before.iter().zip(&after) {
         let h: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
         for (i, j) in [(0, 1), (1, 2), (0, 2)] {

@@ -13,6 +13,9 @@ pub struct GenerateArgs {
     /// Model: a Hugging Face directory, a GGUF file, or a llama2.c .bin.
     #[arg(long)]
     pub model: PathBuf,
+    /// A LoRA adapter directory (PEFT format) to apply to --model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Device and precision.
     #[command(flatten)]
     pub placement: super::args::PlacementArgs,
@@ -66,7 +69,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ignore_eos: args.ignore_eos,
     };
     cfg.validate().or_else(|e| usage(format!("--{e}")))?;
-    let loaded = args.placement.resolve()?.load(&args.model)?;
+    let loaded = args.placement.resolve()?.load_with(&args.model, args.adapter.as_deref())?;
     let tok = &loaded.tokenizer;
     let ids = if args.chat {
         tok.encode_chat(&[Message::new("user", &args.prompt)])?

@@ -13,6 +13,9 @@ pub struct PairsArgs {
     /// Model to sample from.
     #[arg(long)]
     pub model: PathBuf,
+    /// A LoRA adapter directory (PEFT format) to apply to --model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Device and precision.
     #[command(flatten)]
     pub placement: super::args::PlacementArgs,
@@ -145,7 +148,7 @@ pub fn run(args: PairsArgs) -> Result<()> {
         eprintln!("{} already holds {done} pairs; nothing to do", args.out.display());
         return Ok(());
     }
-    let loaded = args.placement.resolve()?.load(&args.model)?;
+    let loaded = args.placement.resolve()?.load_with(&args.model, args.adapter.as_deref())?;
     let tok = &loaded.tokenizer;
     // Batches are aligned to multiples of batch_size from index 0 and seeded by their
     // start, so a rerun regenerates a torn batch identically and skips what exists.

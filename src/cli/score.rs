@@ -14,6 +14,9 @@ pub struct ScoreArgs {
     /// Model: a Hugging Face directory, a GGUF file, or a llama2.c .bin.
     #[arg(long)]
     pub model: PathBuf,
+    /// A LoRA adapter directory (PEFT format) to apply to --model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Device and precision.
     #[command(flatten)]
     pub placement: super::args::PlacementArgs,
@@ -40,7 +43,7 @@ struct Scored {
 
 /// Runs `spo score`.
 pub fn run(args: ScoreArgs) -> Result<()> {
-    let loaded = args.placement.resolve()?.load(&args.model)?;
+    let loaded = args.placement.resolve()?.load_with(&args.model, args.adapter.as_deref())?;
     let tok = &loaded.tokenizer;
     // Without a prompt, the text's first token is the context for the rest.
     let (context, scored) = match &args.prompt {

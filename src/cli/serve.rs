@@ -16,6 +16,9 @@ pub struct ServeArgs {
     /// Model: a Hugging Face directory, a GGUF file, or a llama2.c .bin.
     #[arg(long)]
     pub model: PathBuf,
+    /// A LoRA adapter directory (PEFT format) to apply to --model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Device and precision.
     #[command(flatten)]
     pub placement: super::args::PlacementArgs,
@@ -87,7 +90,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         return usage("--max-batch, --queue, --body-limit and --max-tokens must be at least 1");
     }
     let key = api_key(&args)?;
-    let loaded = args.placement.resolve()?.load(&args.model)?;
+    let loaded = args.placement.resolve()?.load_with(&args.model, args.adapter.as_deref())?;
     let name = args.model.file_stem().map_or("spo".into(), |s| s.to_string_lossy().into_owned());
     let cfg = ServeConfig {
         model_name: name,

@@ -119,6 +119,21 @@ pub struct TrainArgs {
     /// policy keeps f32 master weights; log-probs, losses, the KL and AdamW are f32.
     #[arg(long, value_enum)]
     pub dtype: Option<Precision>,
+    /// LoRA: train rank-r adapters on the projections instead of every weight (0: full fine-tune).
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// LoRA's α: the update is scaled by α/r [default: 2·r].
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// Dropout on the adapters' inputs while training.
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
+    /// Adapted projections, comma-separated (PEFT names) [default: all seven].
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Option<Vec<String>>,
+    /// Continue training this LoRA adapter directory (a new run starting from it).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 macro_rules! overlay {
@@ -165,8 +180,17 @@ pub fn config(args: &TrainArgs) -> Result<TrainConfig> {
         eval_fraction,
         eval_every,
         save_every,
-        device
+        device,
+        lora_r,
+        lora_dropout,
+        lora_targets
     );
+    if args.lora_alpha.is_some() {
+        cfg.lora_alpha = args.lora_alpha;
+    }
+    if args.adapter.is_some() {
+        cfg.adapter = args.adapter.clone();
+    }
     if args.warmup_steps.is_some() {
         cfg.warmup_steps = args.warmup_steps;
     }
@@ -247,7 +271,7 @@ fn continuing(cfg: &TrainConfig, earlier: &TrainConfig, what: &str) -> Result<(T
 pub fn run_state(cfg: &TrainConfig) -> Result<RunState> {
     let Some(earlier) = recorded_run(&cfg.out)? else { return Ok(RunState::Fresh) };
     continuing(cfg, &earlier, &cfg.out.display().to_string())?;
-    if cfg.out.join("final").join("config.json").is_file() {
+    if crate::model::load::is_model_dir(&cfg.out.join("final")) {
         return Ok(RunState::Finished);
     }
     let latest = std::fs::read_dir(&cfg.out)?

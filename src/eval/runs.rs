@@ -60,11 +60,11 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<Run>> {
             add(name_of(&parent.canonicalize()?), Point { step, path: path.clone() });
         } else if let Some(step) = path.file_name().filter(|n| *n == "final").and_then(|_| final_step(parent)) {
             add(name_of(&parent.canonicalize()?), Point { step, path: path.clone() });
-        } else if path.is_dir() && !path.join("config.json").is_file() {
+        } else if path.is_dir() && !crate::model::load::is_model_dir(path) {
             let mut found = Vec::new();
             for entry in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
                 let p = entry?.path();
-                if let Some(step) = checkpoint_step(&p).filter(|_| p.join("config.json").is_file()) {
+                if let Some(step) = checkpoint_step(&p).filter(|_| crate::model::load::is_model_dir(&p)) {
                     found.push(Point { step, path: p });
                 }
             }

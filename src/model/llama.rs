@@ -7,6 +7,8 @@
 
 use super::config::LlamaConfig;
 use super::decode_linear::{DecodeLinear, MAX_ROWS};
+use super::frozen_linear::frozen_linear;
+use super::lora::Lora;
 use super::rope::Rope;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use candle_nn::ops::{log_softmax, softmax};
@@ -104,6 +106,8 @@ pub struct Llama {
     rope: Rope,
     dtype: DType,
     device: Device,
+    /// LoRA adapters: when present they train and every base weight is frozen.
+    lora: Option<Lora>,
 }
 
 /// A weight: tracked for training, detached for inference.
@@ -233,7 +237,7 @@ impl Llama {
         let norm = take("model.norm.weight".into());
         let lm_head = (!config.tie_word_embeddings).then(|| take("lm_head.weight".into()));
         let rope = rope_of(&config, dtype);
-        Ok(Self { config, embed, blocks, norm, lm_head, rope, dtype, device: device.clone() })
+        Ok(Self { config, embed, blocks, norm, lm_head, rope, dtype, device: device.clone(), lora: None })
     }
 
     /// A randomly initialised model (normal, std 0.02; norms at 1), for tests.
@@ -277,6 +281,42 @@ impl Llama {
         self.dtype = dtype;
         self.rope = rope_of(&self.config, dtype);
         self
+    }
+
+    /// This model with `lora`'s adapters: they train, the base weights are frozen.
+    pub fn with_lora(mut self, lora: Lora) -> Self {
+        self.lora = Some(lora);
+        self
+    }
+
+    /// The adapters, when any.
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+
+    /// The base model with the adapters off (sharing its weights: no copy). Under
+    /// LoRA this is the reference.
+    pub fn without_adapters(&self) -> Self {
+        Self { lora: None, ..self.clone() }
+    }
+
+    /// What training updates: the adapters under LoRA, else every weight.
+    pub fn trainable_vars(&self) -> Vec<(String, Var)> {
+        match &self.lora {
+            Some(lora) => lora.named_vars(),
+            None => self.named_vars(),
+        }
+    }
+
+    /// The base weights with the adapters merged in (`W + (α/r)·B A`): a plain
+    /// model of the same shape, in the weights' dtype.
+    pub fn merged(&self) -> anyhow::Result<Self> {
+        let Some(lora) = &self.lora else { return self.converted(self.weight_dtype()) };
+        let vars: std::collections::HashMap<String, Var> = self.named_vars().into_iter().collect();
+        Self::from_tensors(self.config.clone(), self.weight_dtype(), &self.device, |name| {
+            let w = vars[name].as_tensor().detach();
+            lora.merged(name.trim_end_matches(".weight"), &w)
+        })
     }
 
     /// The dtype the weights are stored in.
@@ -337,7 +377,7 @@ impl Llama {
         let c = &self.config;
         let (b, t) = ids.dims2()?;
         let (h, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
-        let rows = w(&self.embed, track).index_select(&ids.flatten_all()?, 0)?;
+        let rows = w(&self.embed, track && self.lora.is_none()).index_select(&ids.flatten_all()?, 0)?;
         let mut x = rows.to_dtype(self.dtype)?.reshape((b, t, c.hidden_size))?;
         if let Some(cache) = cache.as_deref_mut() {
             cache.layers.resize(self.blocks.len(), None);
@@ -346,12 +386,14 @@ impl Llama {
         let rotation = self.rope.at(positions, &self.device)?;
         for (li, blk) in self.blocks.iter().enumerate() {
             let xn = rms_norm(&x, &self.weight(&blk.attn_norm, track)?, c.rms_norm_eps)?;
-            let heads = |wt: &Var, n: usize| -> Result<Tensor> {
-                linear(&xn, &self.weight(wt, track)?)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
+            let p = format!("model.layers.{li}.self_attn");
+            let heads = |wt: &Var, name: &str, n: usize| -> Result<Tensor> {
+                let y = self.project(&format!("{p}.{name}"), &xn, wt, track)?;
+                y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
             };
-            let q = rotation.apply(&heads(&blk.wq, h)?)?;
-            let mut k = rotation.apply(&heads(&blk.wk, kvh)?)?;
-            let mut v = heads(&blk.wv, kvh)?;
+            let q = rotation.apply(&heads(&blk.wq, "q_proj", h)?)?;
+            let mut k = rotation.apply(&heads(&blk.wk, "k_proj", kvh)?)?;
+            let mut v = heads(&blk.wv, "v_proj", kvh)?;
             if let Some(cache) = cache.as_deref_mut() {
                 if let Some((pk, pv)) = &cache.layers[li] {
                     k = Tensor::cat(&[pk, &k], 2)?;
@@ -368,11 +410,12 @@ impl Llama {
             let probs = softmax(&scores, D::Minus1)?.to_dtype(self.dtype)?;
             let ctx = probs.reshape((b, kvh, n_rep * t, tk))?.matmul(&v)?.reshape((b, h, t, hd))?;
             let ctx = ctx.transpose(1, 2)?.reshape((b, t, h * hd))?;
-            x = (x + linear(&ctx, &self.weight(&blk.wo, track)?)?)?;
+            x = (x + self.project(&format!("{p}.o_proj"), &ctx, &blk.wo, track)?)?;
             let xn = rms_norm(&x, &self.weight(&blk.ffn_norm, track)?, c.rms_norm_eps)?;
-            let gate = linear(&xn, &self.weight(&blk.w_gate, track)?)?;
-            let up = linear(&xn, &self.weight(&blk.w_up, track)?)?;
-            x = (x + linear(&(gate.silu()? * up)?, &self.weight(&blk.w_down, track)?)?)?;
+            let m = format!("model.layers.{li}.mlp");
+            let gate = self.project(&format!("{m}.gate_proj"), &xn, &blk.w_gate, track)?;
+            let up = self.project(&format!("{m}.up_proj"), &xn, &blk.w_up, track)?;
+            x = (x + self.project(&format!("{m}.down_proj"), &(gate.silu()? * up)?, &blk.w_down, track)?)?;
         }
         rms_norm(&x, &self.weight(&self.norm, track)?, c.rms_norm_eps)
     }
@@ -380,13 +423,30 @@ impl Llama {
     /// Output logits `[N, V]` of hidden rows `[N, D]`.
     fn head(&self, rows: &Tensor, track: bool) -> Result<Tensor> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        linear(rows, &self.weight(head, track)?)
+        let weight = self.weight(head, track)?;
+        match self.lora.is_some() {
+            true => frozen_linear(rows, &weight, |x| linear(x, &weight)),
+            false => linear(rows, &weight),
+        }
+    }
+
+    /// The projection `module` of `x` by its base weight `w`, plus its LoRA update
+    /// when adapted. Under LoRA the base weight is frozen: no gradient is computed
+    /// for it (`frozen_linear`).
+    fn project(&self, module: &str, x: &Tensor, w: &Var, track: bool) -> Result<Tensor> {
+        let weight = self.weight(w, track)?;
+        let Some(lora) = &self.lora else { return linear(x, &weight) };
+        let base = frozen_linear(x, &weight, |x| linear(x, &weight))?;
+        match lora.update(module, x, track).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))? {
+            Some(update) => base + update,
+            None => Ok(base),
+        }
     }
 
     /// A weight in the compute dtype (a differentiable cast from f32 master weights
-    /// under mixed precision; a no-op otherwise).
+    /// under mixed precision; a no-op otherwise). Frozen (detached) under LoRA.
     fn weight(&self, v: &Var, track: bool) -> Result<Tensor> {
-        w(v, track).to_dtype(self.dtype)
+        w(v, track && self.lora.is_none()).to_dtype(self.dtype)
     }
 
     /// The dtype of norms, softmaxes and every output (log-probs, logits): f32

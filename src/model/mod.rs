@@ -2,7 +2,9 @@
 
 pub mod config;
 pub mod decode_linear;
+pub mod frozen_linear;
 pub mod llama;
+pub mod lora;
 pub mod placement;
 pub mod rope;
 

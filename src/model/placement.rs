@@ -78,6 +78,11 @@ impl Placement {
         load(path, self.precision.dtype(), &self.device)
     }
 
+    /// [`Self::load`] with a LoRA adapter directory applied when given.
+    pub fn load_with(&self, path: &Path, adapter: Option<&Path>) -> anyhow::Result<Loaded> {
+        super::load::load_with_adapter(path, adapter, self.precision.dtype(), &self.device)
+    }
+
     /// The device's name as `--device` spells it (`cpu`, `cuda:N`).
     pub fn device_name(&self) -> String {
         device_name(&self.device)

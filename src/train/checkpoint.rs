@@ -1,4 +1,4 @@
-//! Checkpoints: a loadable Hugging Face directory plus the optimiser state and the
+//! Checkpoints: a loadable Hugging Face directory (a PEFT adapter under LoRA) plus the optimiser state and the
 //! trainer state (step, cached KL samples), written crash-safely: a temporary
 //! directory, fsynced, then swapped into place ([`crate::fsx::replace_dir`]).
 
@@ -40,7 +40,8 @@ pub fn path(out: &Path, step: usize) -> PathBuf {
 /// Saves a checkpoint for `state.step`.
 pub fn save(out: &Path, model: &Llama, tok: &Tokenizer, opt: &AdamW, state: &TrainerState) -> Result<PathBuf> {
     let dir = path(out, state.step);
-    hf::save_with(model, tok, &dir, |tmp| {
+    hf::write_dir(&dir, |tmp| {
+        hf::write_model_or_adapter(model, tok, &state.config.model, tmp)?;
         std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string(state)?)?;
         if state.config.save_only_model {
             return Ok(());

@@ -3,6 +3,7 @@
 
 use crate::batch::Truncation;
 use crate::loss::Weighting;
+use crate::model::lora::{LoraConfig, ALL_TARGETS};
 use crate::model::Precision;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -122,6 +123,17 @@ pub struct TrainConfig {
     /// Compute precision (unset: the device's default, bf16 on a GPU and f32 on
     /// the CPU); part of what the run is. Recorded runs always name it.
     pub dtype: Option<Precision>,
+    /// LoRA rank (0: a full fine-tune). Under LoRA only the adapters train and the
+    /// reference is the base model with them off.
+    pub lora_r: usize,
+    /// LoRA's α (the update is scaled by α/r); unset: 2·r.
+    pub lora_alpha: Option<f64>,
+    /// Dropout on the adapters' inputs.
+    pub lora_dropout: f64,
+    /// Adapted projections (PEFT names).
+    pub lora_targets: Vec<String>,
+    /// Start from this LoRA adapter directory instead of fresh adapters.
+    pub adapter: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -161,6 +173,11 @@ impl Default for TrainConfig {
             save_only_model: false,
             device: "auto".into(),
             dtype: None,
+            lora_r: 0,
+            lora_alpha: None,
+            lora_dropout: 0.0,
+            lora_targets: ALL_TARGETS.map(String::from).to_vec(),
+            adapter: None,
         }
     }
 }
@@ -197,6 +214,16 @@ impl TrainConfig {
             Schedule::Linear => self.lr * (1.0 - progress),
             Schedule::Cosine => self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
         }
+    }
+
+    /// The LoRA adapters' configuration, when the run trains adapters.
+    pub fn lora(&self) -> Option<LoraConfig> {
+        (self.lora_r > 0).then(|| LoraConfig {
+            r: self.lora_r,
+            alpha: self.lora_alpha.unwrap_or(2.0 * self.lora_r as f64),
+            dropout: self.lora_dropout,
+            targets: self.lora_targets.clone(),
+        })
     }
 
     /// Whether the SPO KL term is active.
@@ -262,10 +289,13 @@ impl TrainConfig {
             ),
             (self.max_grad_norm >= 0.0, "max-grad-norm must be ≥ 0"),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, msg)) => Err((*msg).to_string()),
-            None => Ok(()),
+        if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err((*msg).to_string());
         }
+        if self.adapter.is_some() && self.lora_r == 0 {
+            return Err("adapter continues LoRA training: give lora-r too (the adapter's rank)".into());
+        }
+        self.lora().map_or(Ok(()), |l| l.validate())
     }
 }
 

@@ -12,6 +12,7 @@ use crate::loss::{
     LossOutput, Weighting,
 };
 use crate::model::llama::accumulation_dtype;
+use crate::model::lora::Lora;
 use crate::model::{load, Llama};
 use crate::sample::{generate, SamplingConfig};
 use crate::tokenizer::Tokenizer;
@@ -88,7 +89,7 @@ fn scalar(t: &Tensor) -> Result<f64> {
 /// Adds `scale ×` this backward pass's gradients into `acc`.
 fn accumulate(model: &Llama, loss: &Tensor, acc: &mut HashMap<String, Tensor>) -> Result<()> {
     let grads = loss.backward()?;
-    for (name, var) in model.named_vars() {
+    for (name, var) in model.trainable_vars() {
         if let Some(g) = grads.get(var.as_tensor()) {
             let sum = match acc.remove(&name) {
                 Some(prev) => (prev + g)?,
@@ -98,6 +99,49 @@ fn accumulate(model: &Llama, loss: &Tensor, acc: &mut HashMap<String, Tensor>) -
         }
     }
     Ok(())
+}
+
+/// The policy to train and the frozen reference (when the loss needs one) from
+/// the loaded `base`: under LoRA the policy is `base` with adapters (fresh, from
+/// `cfg.adapter`, or the checkpoint's) and the reference is `base` itself, shared;
+/// otherwise the policy is a copy (or the checkpoint) with f32 master weights and
+/// the reference is `base` in the compute dtype.
+fn policy_and_reference(
+    cfg: &TrainConfig,
+    base: Llama,
+    resume: Option<&Path>,
+    dtype: DType,
+) -> Result<(Llama, Option<Llama>)> {
+    let master = accumulation_dtype(dtype);
+    let device = base.device().clone();
+    let needs_reference = cfg.loss != LossKind::Spo || cfg.uses_kl();
+    if let Some(lora) = cfg.lora() {
+        let adapter = resume.or(cfg.adapter.as_deref());
+        let adapters = match adapter {
+            Some(dir) => Lora::read(dir, base.config(), master, &device)?,
+            None => Lora::init(lora.clone(), base.config(), cfg.seed, master, &device)?,
+        };
+        if adapters.config() != &lora {
+            bail!(
+                "{}: its adapter is {:?}, the run asks for {lora:?}",
+                adapter.unwrap_or(&cfg.model).display(),
+                adapters.config()
+            );
+        }
+        let reference = needs_reference.then(|| base.without_adapters());
+        return Ok((base.with_lora(adapters), reference));
+    }
+    let policy = match resume {
+        Some(dir) => load(dir, master, &device)?.model,
+        // the reference keeps the original variables; the policy trains a copy
+        None => base.deep_copy()?,
+    };
+    let reference = match needs_reference {
+        false => None,
+        true if master == dtype => Some(base),
+        true => Some(base.converted(dtype)?),
+    };
+    Ok((policy.compute_in(dtype), reference))
 }
 
 impl Trainer {
@@ -114,8 +158,9 @@ impl Trainer {
         progress: &mut dyn Progress,
     ) -> Result<Self> {
         cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let master = accumulation_dtype(dtype);
-        let base = load(&cfg.model, master, device)?;
+        // a full fine-tune keeps master weights in f32; LoRA's base is frozen
+        let base_dtype = if cfg.lora_r > 0 { dtype } else { accumulation_dtype(dtype) };
+        let base = load(&cfg.model, base_dtype, device)?;
         let tok = base.tokenizer.clone();
         let ds = crate::data::read(&cfg.data, Some(&tok))?;
         crate::data::check(&ds, &cfg.data, cfg.skip_invalid)?;
@@ -139,24 +184,14 @@ impl Trainer {
         let n_eval = ((pairs.len() as f64) * cfg.eval_fraction).round() as usize;
         let eval = pairs.split_off(pairs.len() - n_eval.min(pairs.len() - 1));
         let train = pairs;
-        let policy = match resume {
-            Some(dir) => load(dir, master, device)?.model,
-            // the reference keeps the original variables; the policy trains a copy
-            None => base.model.deep_copy()?,
-        }
-        .compute_in(dtype);
-        let reference = match cfg.loss != LossKind::Spo || cfg.uses_kl() {
-            false => None,
-            true if master == dtype => Some(base.model),
-            true => Some(base.model.converted(dtype)?),
-        };
+        let (policy, reference) = policy_and_reference(&cfg, base.model, resume, dtype)?;
         let adam = AdamWConfig {
             beta1: cfg.adam_beta1,
             beta2: cfg.adam_beta2,
             eps: cfg.adam_eps,
             weight_decay: cfg.weight_decay,
         };
-        let mut opt = AdamW::new(policy.named_vars(), adam)?;
+        let mut opt = AdamW::new(policy.trainable_vars(), adam)?;
         let (step, kl_samples) = match resume {
             Some(dir) => {
                 let st = checkpoint::restore(dir, &mut opt, device)?;
@@ -284,7 +319,7 @@ impl Trainer {
 
     /// Stops a run whose weights are no longer finite (a collapsed model).
     fn check_weights_finite(&self) -> Result<()> {
-        for (name, var) in self.policy.named_vars() {
+        for (name, var) in self.policy.trainable_vars() {
             let sum = scalar(&var.as_tensor().sum_all()?)?;
             if !sum.is_finite() {
                 bail!("weight {name} is no longer finite after step {}: the model has collapsed", self.step + 1);
@@ -370,6 +405,9 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<Map<String, Value>> {
         let start = std::time::Instant::now();
         let c = self.cfg.clone();
+        if let Some(lora) = self.policy.lora() {
+            lora.reseed(self.step); // dropout masks from the step: a resumed run draws the same
+        }
         let idx = self.batch_indices(self.step);
         let b_total = idx.len() as f64;
         let mut acc: HashMap<String, Tensor> = HashMap::new();
@@ -548,7 +586,9 @@ impl Trainer {
             }
         }
         let final_dir = out.join("final");
-        crate::model::load::hf::save(&self.policy, &self.tok, &final_dir)?;
+        let hf =
+            |tmp: &Path| crate::model::load::hf::write_model_or_adapter(&self.policy, &self.tok, &self.cfg.model, tmp);
+        crate::model::load::hf::write_dir(&final_dir, hf)?;
         progress.note(&format!("final model {}", final_dir.display()));
         Ok(())
     }

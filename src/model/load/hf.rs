@@ -145,6 +145,15 @@ pub fn save_with(
     dir: &Path,
     extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
+    write_dir(dir, |tmp| {
+        write_files(model, tokenizer, tmp)?;
+        extra(tmp)
+    })
+}
+
+/// Builds the directory `dir` with `write` in a temporary sibling, fsyncs it and
+/// swaps it into place: `dir` is the old or the new whole, never a partial one.
+pub fn write_dir(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = crate::fsx::parent_of(dir);
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let tmp = crate::fsx::sibling_temp(dir, "tmp");
@@ -152,11 +161,23 @@ pub fn save_with(
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp)?;
-    write_files(model, tokenizer, &tmp)?;
-    extra(&tmp)?;
+    write(&tmp)?;
     // durable before it becomes visible: a crash leaves the old or the new whole
     crate::fsx::sync_tree(&tmp)?;
     crate::fsx::replace_dir(&tmp, dir)
+}
+
+/// Writes the model's files into `dir`: a Hugging Face model, or under LoRA the
+/// adapter alone in PEFT's format (`base` recorded as its base model) with the
+/// tokenizer beside it.
+pub fn write_model_or_adapter(model: &Llama, tokenizer: &Tokenizer, base: &Path, dir: &Path) -> Result<()> {
+    match model.lora() {
+        Some(lora) => {
+            lora.write(dir, base)?;
+            tokenizer.save(dir)
+        }
+        None => write_files(model, tokenizer, dir),
+    }
 }
 
 fn write_files(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {

@@ -21,11 +21,19 @@ pub struct Loaded {
 }
 
 /// Loads from `path`, choosing the format by what it holds: a directory with
-/// `config.json` (Hugging Face), a file starting with `GGUF`, or a llama2.c `.bin`
-/// (with `tokenizer.bin` beside it).
+/// `config.json` (Hugging Face), a PEFT LoRA adapter directory (on the base model
+/// its `adapter_config.json` names), a file starting with `GGUF`, or a llama2.c
+/// `.bin` (with `tokenizer.bin` beside it).
 pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
     if !path.exists() {
         bail!("{}: no such file or directory", path.display());
+    }
+    if super::lora::is_adapter_dir(path) {
+        let (_, base, _) = super::lora::read_config(path)?;
+        let Some(base) = base else {
+            bail!("{}: the adapter names no base model; pass --model BASE --adapter {0}", path.display())
+        };
+        return load_with_adapter(&base, Some(path), dtype, device);
     }
     if path.is_dir() {
         if path.join("config.json").is_file() {
@@ -41,6 +49,32 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
         b"GGUF" => gguf::load(path, dtype, device),
         _ => llama2c::load(path, dtype, device),
     }
+}
+
+/// Whether the directory `dir` holds a loadable model: a Hugging Face checkpoint or
+/// a LoRA adapter.
+pub fn is_model_dir(dir: &Path) -> bool {
+    dir.join("config.json").is_file() || dir.join("adapter_config.json").is_file()
+}
+
+/// Loads the model at `path` and, when given, applies the LoRA adapter directory
+/// `adapter` (its variables in f32 under 16-bit compute, so training can continue).
+pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, dtype: DType, device: &Device) -> Result<Loaded> {
+    let base = load(path, dtype, device)?;
+    let Some(dir) = adapter else { return Ok(base) };
+    anyhow::ensure!(
+        base.model.lora().is_none(),
+        "{}: already carries an adapter; merge it first (spo merge)",
+        path.display()
+    );
+    anyhow::ensure!(
+        super::lora::is_adapter_dir(dir),
+        "{}: not a LoRA adapter directory (no adapter_config.json)",
+        dir.display()
+    );
+    let master = super::llama::accumulation_dtype(dtype);
+    let lora = super::lora::Lora::read(dir, base.model.config(), master, device)?;
+    Ok(Loaded { model: base.model.with_lora(lora), tokenizer: base.tokenizer })
 }
 
 /// The tensors of a checkpoint (`present`) that no weight of `config` maps to, sorted:
