@@ -85,6 +85,8 @@ pub struct TrainShape {
     pub steps: usize,
     /// Pairs per forward/backward (gradient accumulation up to `batch_size`).
     pub micro_batch_size: usize,
+    /// LoRA rank on every projection (0: a full fine-tune).
+    pub lora_r: usize,
 }
 
 /// What `spo bench train` reports (these key names are kept stable).
@@ -141,6 +143,7 @@ fn bench_config(model: &Path, data: &Path, out: &Path, shape: &TrainShape) -> Tr
         eval_fraction: 0.0,
         eval_every: 0,
         save_every: 0,
+        lora_r: shape.lora_r,
         ..TrainConfig::default()
     }
 }

@@ -43,6 +43,9 @@ pub struct ShapeArgs {
     /// Pairs per forward/backward [default: the whole batch].
     #[arg(long)]
     pub micro_batch_size: Option<usize>,
+    /// LoRA rank on every projection (0: a full fine-tune).
+    #[arg(long, default_value_t = 0)]
+    pub lora_r: usize,
 }
 
 impl ShapeArgs {
@@ -55,6 +58,7 @@ impl ShapeArgs {
             kl_samples: self.kl_samples,
             steps,
             micro_batch_size: self.micro_batch_size.unwrap_or(self.batch_size),
+            lora_r: self.lora_r,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod fetch;
 pub mod generate;
 pub mod judge;
+pub mod merge;
 pub mod pairs;
 pub mod score;
 pub mod serve;
@@ -52,6 +53,8 @@ pub enum Command {
     Train(Box<train::TrainArgs>),
     /// Measure training-step and sampling throughput, or CPU–GPU parity.
     Bench(bench::BenchArgs),
+    /// Fold a LoRA adapter into its base model and write a Hugging Face model.
+    Merge(merge::MergeArgs),
 }
 
 /// Runs a parsed command line.
@@ -69,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fetch(args) => fetch::run(args),
         Command::Sweep(args) => sweep::run(*args),
         Command::Bench(args) => bench::run(args),
+        Command::Merge(args) => merge::run(args),
     }
 }
 

@@ -7,19 +7,22 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 
-/// The gradient path of `y = x Wᵀ` to `x` alone; `out` is the forward's result.
+/// The gradient path of `y = x Wᵀ` to `x` alone; `out` is the forward's result,
+/// taken (not kept) by the forward so the graph holds one copy of it.
 struct FrozenLinear {
     weight: Tensor,
-    out: Tensor,
+    out: std::sync::Mutex<Option<Tensor>>,
 }
 
 impl FrozenLinear {
-    fn out_layout(&self) -> Result<&Layout> {
-        let layout = self.out.layout();
+    fn take_out(&self) -> Result<Tensor> {
+        let out = self.out.lock().map_err(|_| candle_core::Error::Msg("frozen linear: poisoned".into()))?.take();
+        let Some(out) = out else { candle_core::bail!("frozen linear: forward ran twice") };
+        let layout = out.layout();
         if !layout.is_contiguous() || layout.start_offset() != 0 {
             candle_core::bail!("frozen linear: the forward's result must be contiguous");
         }
-        Ok(layout)
+        Ok(out)
     }
 }
 
@@ -29,8 +32,9 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let layout = self.out_layout()?;
-        match &*self.out.storage_and_layout().0 {
+        let out = self.take_out()?;
+        let (storage, layout) = out.storage_and_layout();
+        match &*storage {
             Storage::Cpu(s) => Ok((s.clone(), layout.shape().clone())),
             _ => candle_core::bail!("frozen linear: result and input on different devices"),
         }
@@ -39,8 +43,9 @@ impl CustomOp1 for FrozenLinear {
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        let layout = self.out_layout()?;
-        match &*self.out.storage_and_layout().0 {
+        let out = self.take_out()?;
+        let (storage, layout) = out.storage_and_layout();
+        match &*storage {
             Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
             _ => candle_core::bail!("frozen linear: result and input on different devices"),
         }
@@ -60,7 +65,7 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor, forward: impl FnOnce(&Tensor) 
         return forward(x);
     }
     let out = forward(&x.detach())?.contiguous()?;
-    x.apply_op1(FrozenLinear { weight: weight.detach(), out })
+    x.apply_op1(FrozenLinear { weight: weight.detach(), out: std::sync::Mutex::new(Some(out)) })
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 use super::config::LlamaConfig;
 use super::decode_linear::{DecodeLinear, MAX_ROWS};
 use super::frozen_linear::frozen_linear;
+use super::fused_logprob::linear_logprob;
 use super::lora::Lora;
 use super::rope::Rope;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
@@ -485,12 +486,13 @@ impl Llama {
 
     /// Log-probabilities `[N]` of `targets: [N]` as next tokens at the flat
     /// positions `select: [N]` of `ids: [B, T]` (position `b·T + t` predicts the
-    /// token after `ids[b, t]`). Only the `[N, V]` logits of the selected positions
-    /// are materialised. Differentiable w.r.t. every weight when `track`.
+    /// token after `ids[b, t]`). The head, log-softmax and gather run fused, a
+    /// chunk of rows at a time (`fused_logprob`): `[N, V]` is never held.
+    /// Differentiable w.r.t. every trained weight when `track`.
     pub fn token_logprobs(&self, ids: &Tensor, select: &Tensor, targets: &Tensor, track: bool) -> Result<Tensor> {
         let rows = self.selected_hidden(ids, select, track)?;
-        let logp = self.logdist_of_hidden(&rows, track)?;
-        logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        linear_logprob(&rows, &self.weight(head, track)?, targets, self.accumulation_dtype())
     }
 
     /// Full next-token log-distributions `[N, V]` at the flat positions `select`

@@ -150,6 +150,12 @@ impl Lora {
         Ok(Self { config, adapters, masks: Arc::new(AtomicU64::new(0)), seed })
     }
 
+    /// The same adapters drawing dropout masks from `seed` (a run's seed).
+    pub fn seeded(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
     /// The hyper-parameters.
     pub fn config(&self) -> &LoraConfig {
         &self.config
@@ -226,7 +232,6 @@ impl Lora {
             "layers_to_transform": null,
             "rank_pattern": {},
             "alpha_pattern": {},
-            "spo_seed": self.seed,
         });
         std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
         let tensors: HashMap<String, Tensor> = self
@@ -238,10 +243,10 @@ impl Lora {
         Ok(())
     }
 
-    /// Reads an adapter directory for a model of shape `model`: the base it names
-    /// (when it names a path) and the adapters, variables in `dtype` on `device`.
+    /// Reads an adapter directory for a model of shape `model`, variables in `dtype`
+    /// on `device` (dropout seed 0: see [`Self::seeded`]).
     pub fn read(dir: &Path, model: &LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
-        let (config, _, seed) = read_config(dir)?;
+        let (config, _) = read_config(dir)?;
         let file = dir.join("adapter_model.safetensors");
         let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
             .with_context(|| format!("{}: not a readable safetensors file", file.display()))?;
@@ -250,7 +255,7 @@ impl Lora {
         if let Some(k) = tensors.keys().find(|k| !known.contains(*k)) {
             bail!("{}: tensor {k} does not belong to this model's adapters", file.display());
         }
-        Self::from_tensors(config, model, seed, dtype, device, |key| {
+        Self::from_tensors(config, model, 0, dtype, device, |key| {
             tensors.get(key).cloned().with_context(|| format!("{}: adapter {key} missing", file.display()))
         })
         .with_context(|| format!("{}", dir.display()))
@@ -262,9 +267,9 @@ pub fn is_adapter_dir(dir: &Path) -> bool {
     dir.join("adapter_config.json").is_file() && !dir.join("config.json").is_file()
 }
 
-/// An adapter directory's configuration, the base model path it names, and the seed
-/// spo drew it with (0 for adapters from elsewhere). Only plain LoRA is accepted.
-pub fn read_config(dir: &Path) -> Result<(LoraConfig, Option<PathBuf>, u64)> {
+/// An adapter directory's configuration and the base model path it names. Only
+/// plain LoRA is accepted.
+pub fn read_config(dir: &Path) -> Result<(LoraConfig, Option<PathBuf>)> {
     let path = dir.join("adapter_config.json");
     let text = crate::fsx::read_text(&path)?;
     let j: serde_json::Value =
@@ -295,5 +300,5 @@ pub fn read_config(dir: &Path) -> Result<(LoraConfig, Option<PathBuf>, u64)> {
     };
     config.validate().map_err(|e| bad(&e))?;
     let base = j["base_model_name_or_path"].as_str().filter(|s| !s.is_empty()).map(PathBuf::from);
-    Ok((config, base, j["spo_seed"].as_u64().unwrap_or(0)))
+    Ok((config, base))
 }

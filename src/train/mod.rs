@@ -118,7 +118,7 @@ fn policy_and_reference(
     if let Some(lora) = cfg.lora() {
         let adapter = resume.or(cfg.adapter.as_deref());
         let adapters = match adapter {
-            Some(dir) => Lora::read(dir, base.config(), master, &device)?,
+            Some(dir) => Lora::read(dir, base.config(), master, &device)?.seeded(cfg.seed),
             None => Lora::init(lora.clone(), base.config(), cfg.seed, master, &device)?,
         };
         if adapters.config() != &lora {

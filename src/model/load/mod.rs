@@ -29,7 +29,7 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
         bail!("{}: no such file or directory", path.display());
     }
     if super::lora::is_adapter_dir(path) {
-        let (_, base, _) = super::lora::read_config(path)?;
+        let (_, base) = super::lora::read_config(path)?;
         let Some(base) = base else {
             bail!("{}: the adapter names no base model; pass --model BASE --adapter {0}", path.display())
         };

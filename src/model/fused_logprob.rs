@@ -1,0 +1,177 @@
+//! Chunked output head + log-softmax + gather with a hand-written backward: the
+//! log-probability of each target token without ever holding `[N, V]` logits
+//! beyond one chunk of rows (Liger Kernel's fused linear cross-entropy pattern).
+//!
+//! Forward: per chunk, `z = h Wᵀ`, `log p(t) = z_t − logsumexp(z)`. Backward, with
+//! `g` the upstream gradient and `p = softmax(z)` recomputed per chunk:
+//! `∂h = g·(W_t − p W)` and `∂W = Σ_n g_n·(e_{t_n} − p_n) ⊗ h_n`, the latter only
+//! when `W` is trained (a frozen head costs no `[V, D]` gradient).
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D};
+
+/// Elements of one chunk's `[rows, V]` logits (32 MB in f32).
+const CHUNK_ELEMENTS: usize = 8 << 20;
+
+/// Rows per chunk for a vocabulary of `vocab`.
+fn chunk_rows(vocab: usize) -> usize {
+    (CHUNK_ELEMENTS / vocab.max(1)).max(1)
+}
+
+/// The chunk's logits `h Wᵀ` in `acc` (f32 for 16-bit compute).
+fn logits(h: &Tensor, w: &Tensor, acc: DType) -> Result<Tensor> {
+    h.matmul(&w.t()?)?.to_dtype(acc)
+}
+
+/// `log p(targets)` of every row, chunk by chunk, without gradients.
+fn forward(rows: &Tensor, weight: &Tensor, targets: &Tensor, acc: DType) -> Result<Tensor> {
+    let (n, _) = rows.dims2()?;
+    let step = chunk_rows(weight.dim(0)?);
+    let mut parts = Vec::with_capacity(n.div_ceil(step));
+    for start in (0..n).step_by(step) {
+        let len = step.min(n - start);
+        let z = logits(&rows.narrow(0, start, len)?, weight, acc)?;
+        let max = z.max_keepdim(D::Minus1)?;
+        let lse = (z.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
+        let zt = z.gather(&targets.narrow(0, start, len)?.unsqueeze(1)?, 1)?;
+        parts.push((zt - lse)?.squeeze(1)?);
+    }
+    Tensor::cat(&parts, 0)
+}
+
+/// The gradient path of [`forward`] to the rows and (when trained) the weight.
+struct FusedLogprob {
+    targets: Tensor,
+    acc: DType,
+    out: std::sync::Mutex<Option<Tensor>>,
+}
+
+impl FusedLogprob {
+    fn take_out(&self) -> Result<Tensor> {
+        let out = self.out.lock().map_err(|_| candle_core::Error::Msg("fused log-prob: poisoned".into()))?.take();
+        out.ok_or_else(|| candle_core::Error::Msg("fused log-prob: forward ran twice".into()))
+    }
+}
+
+impl CustomOp2 for FusedLogprob {
+    fn name(&self) -> &'static str {
+        "fused-linear-logprob"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = self.take_out()?;
+        let (storage, layout) = out.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => Ok((s.clone(), layout.shape().clone())),
+            _ => candle_core::bail!("fused log-prob: result and input on different devices"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let out = self.take_out()?;
+        let (storage, layout) = out.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("fused log-prob: result and input on different devices"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        rows: &Tensor,
+        weight: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows_d, w) = (rows.detach(), weight.detach());
+        let (n, _) = rows.dims2()?;
+        let step = chunk_rows(w.dim(0)?);
+        let mut d_rows = Vec::with_capacity(n.div_ceil(step));
+        let mut d_w = weight.track_op().then(|| w.to_dtype(self.acc)?.zeros_like()).transpose()?;
+        for start in (0..n).step_by(step) {
+            let len = step.min(n - start);
+            let h = rows_d.narrow(0, start, len)?;
+            let t = self.targets.narrow(0, start, len)?;
+            let g = grad.narrow(0, start, len)?.to_dtype(self.acc)?.unsqueeze(1)?;
+            let z = logits(&h, &w, self.acc)?;
+            let max = z.max_keepdim(D::Minus1)?;
+            let e = z.broadcast_sub(&max)?.exp()?;
+            let gp = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?.broadcast_mul(&g)?; // g·p
+            let w_t = w.index_select(&t, 0)?.to_dtype(self.acc)?;
+            let gp_w = gp.to_dtype(w.dtype())?.matmul(&w)?.to_dtype(self.acc)?;
+            d_rows.push((w_t.broadcast_mul(&g)? - gp_w)?.to_dtype(rows.dtype())?);
+            if let Some(dw) = d_w.as_mut() {
+                let ha = h.to_dtype(self.acc)?;
+                let hit = dw.index_add(&t, &ha.broadcast_mul(&g)?, 0)?;
+                *dw = (hit - gp.t()?.matmul(&ha)?)?;
+            }
+        }
+        let d_w = d_w.map(|d| d.to_dtype(weight.dtype())).transpose()?;
+        Ok((rows.track_op().then(|| Tensor::cat(&d_rows, 0)).transpose()?, d_w))
+    }
+}
+
+/// `log softmax(rows Wᵀ)[targets]` for `rows: [N, D]`, `weight: [V, D]`,
+/// `targets: [N]` (u32), in `acc`; differentiable w.r.t. the rows and the weight
+/// (each only when it tracks), with `[N, V]` never materialised beyond a chunk.
+pub fn linear_logprob(rows: &Tensor, weight: &Tensor, targets: &Tensor, acc: DType) -> Result<Tensor> {
+    let out = forward(&rows.detach(), &weight.detach(), targets, acc)?;
+    if !rows.track_op() && !weight.track_op() {
+        return Ok(out);
+    }
+    let op = FusedLogprob { targets: targets.clone(), acc, out: std::sync::Mutex::new(Some(out.contiguous()?)) };
+    rows.apply_op2(weight, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use candle_nn::ops::log_softmax;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
+        d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    /// Values and both gradients equal the composed head + log-softmax + gather, in
+    /// f64 and f32, with several chunks per batch (V = 65,537: 128 rows a chunk);
+    /// a frozen weight gets no gradient.
+    #[test]
+    fn matches_the_composed_ops_in_value_and_gradient() {
+        let dev = Device::Cpu;
+        for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 2e-4)] {
+            for (n, vocab) in [(5, 11), (300, (1 << 16) + 1)] {
+                let randn =
+                    |shape: (usize, usize)| Tensor::randn(0f64, 1.0, shape, &dev).unwrap().to_dtype(dtype).unwrap();
+                let rows = Var::from_tensor(&randn((n, 4))).unwrap();
+                let weight = Var::from_tensor(&randn((vocab, 4))).unwrap();
+                let targets: Vec<u32> = (0..n).map(|i| ((i * 7919) % vocab) as u32).collect();
+                let targets = Tensor::new(targets.as_slice(), &dev).unwrap();
+                let probe = randn((n, 1)).squeeze(1).unwrap();
+                let fused = linear_logprob(rows.as_tensor(), weight.as_tensor(), &targets, dtype).unwrap();
+                let logits = rows.as_tensor().matmul(&weight.as_tensor().t().unwrap()).unwrap();
+                let gather =
+                    log_softmax(&logits, D::Minus1).unwrap().gather(&targets.unsqueeze(1).unwrap(), 1).unwrap();
+                let composed = gather.squeeze(1).unwrap();
+                assert!(max_diff(&fused, &composed) < tol, "{dtype:?} V={vocab}: values");
+                let ga = (&fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                let gb = (&composed * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                for (what, v) in [("rows", &rows), ("weight", &weight)] {
+                    let d = max_diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+                    assert!(d < tol, "{dtype:?} V={vocab}: ∂{what} differs by {d}");
+                }
+                let frozen = linear_logprob(rows.as_tensor(), &weight.as_tensor().detach(), &targets, dtype).unwrap();
+                let g = frozen.sum_all().unwrap().backward().unwrap();
+                assert!(g.get(rows.as_tensor()).is_some() && g.get(weight.as_tensor()).is_none());
+            }
+        }
+    }
+}
