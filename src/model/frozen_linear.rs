@@ -5,25 +5,13 @@
 //! (LoRA's base weights, the tied output head). This op carries the plain
 //! forward's result and hands back only the input's gradient.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use super::precomputed::Precomputed;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-/// The gradient path of `y = x Wᵀ` to `x` alone; `out` is the forward's result,
-/// taken (not kept) by the forward so the graph holds one copy of it.
+/// The gradient path of `y = x Wᵀ` to `x` alone; `out` is the forward's result.
 struct FrozenLinear {
     weight: Tensor,
-    out: std::sync::Mutex<Option<Tensor>>,
-}
-
-impl FrozenLinear {
-    fn take_out(&self) -> Result<Tensor> {
-        let out = self.out.lock().map_err(|_| candle_core::Error::Msg("frozen linear: poisoned".into()))?.take();
-        let Some(out) = out else { candle_core::bail!("frozen linear: forward ran twice") };
-        let layout = out.layout();
-        if !layout.is_contiguous() || layout.start_offset() != 0 {
-            candle_core::bail!("frozen linear: the forward's result must be contiguous");
-        }
-        Ok(out)
-    }
+    out: Precomputed,
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -32,23 +20,12 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = self.take_out()?;
-        let (storage, layout) = out.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => Ok((s.clone(), layout.shape().clone())),
-            _ => candle_core::bail!("frozen linear: result and input on different devices"),
-        }
+        self.out.cpu()
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let out = self.take_out()?;
-        let (storage, layout) = out.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            _ => candle_core::bail!("frozen linear: result and input on different devices"),
-        }
+        self.out.cuda()
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -64,8 +41,8 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor, forward: impl FnOnce(&Tensor) 
     if !x.track_op() {
         return forward(x);
     }
-    let out = forward(&x.detach())?.contiguous()?;
-    x.apply_op1(FrozenLinear { weight: weight.detach(), out: std::sync::Mutex::new(Some(out)) })
+    let out = Precomputed::new(forward(&x.detach())?)?;
+    x.apply_op1(FrozenLinear { weight: weight.detach(), out })
 }
 
 #[cfg(test)]

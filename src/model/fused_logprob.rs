@@ -7,7 +7,8 @@
 //! `∂h = g·(W_t − p W)` and `∂W = Σ_n g_n·(e_{t_n} − p_n) ⊗ h_n`, the latter only
 //! when `W` is trained (a frozen head costs no `[V, D]` gradient).
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D};
+use super::precomputed::Precomputed;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 
 /// Elements of one chunk's `[rows, V]` logits (32 MB in f32).
 const CHUNK_ELEMENTS: usize = 8 << 20;
@@ -42,14 +43,7 @@ fn forward(rows: &Tensor, weight: &Tensor, targets: &Tensor, acc: DType) -> Resu
 struct FusedLogprob {
     targets: Tensor,
     acc: DType,
-    out: std::sync::Mutex<Option<Tensor>>,
-}
-
-impl FusedLogprob {
-    fn take_out(&self) -> Result<Tensor> {
-        let out = self.out.lock().map_err(|_| candle_core::Error::Msg("fused log-prob: poisoned".into()))?.take();
-        out.ok_or_else(|| candle_core::Error::Msg("fused log-prob: forward ran twice".into()))
-    }
+    out: Precomputed,
 }
 
 impl CustomOp2 for FusedLogprob {
@@ -58,12 +52,7 @@ impl CustomOp2 for FusedLogprob {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = self.take_out()?;
-        let (storage, layout) = out.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => Ok((s.clone(), layout.shape().clone())),
-            _ => candle_core::bail!("fused log-prob: result and input on different devices"),
-        }
+        self.out.cpu()
     }
 
     #[cfg(feature = "cuda")]
@@ -74,13 +63,7 @@ impl CustomOp2 for FusedLogprob {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let out = self.take_out()?;
-        let (storage, layout) = out.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            _ => candle_core::bail!("fused log-prob: result and input on different devices"),
-        }
+        self.out.cuda()
     }
 
     fn bwd(
@@ -126,7 +109,7 @@ pub fn linear_logprob(rows: &Tensor, weight: &Tensor, targets: &Tensor, acc: DTy
     if !rows.track_op() && !weight.track_op() {
         return Ok(out);
     }
-    let op = FusedLogprob { targets: targets.clone(), acc, out: std::sync::Mutex::new(Some(out.contiguous()?)) };
+    let op = FusedLogprob { targets: targets.clone(), acc, out: Precomputed::new(out)? };
     rows.apply_op2(weight, op)
 }
 

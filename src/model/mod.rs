@@ -7,6 +7,7 @@ pub mod fused_logprob;
 pub mod llama;
 pub mod lora;
 pub mod placement;
+pub mod precomputed;
 pub mod rope;
 
 pub use config::LlamaConfig;
