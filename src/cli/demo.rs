@@ -79,6 +79,9 @@ pub struct DemoArgs {
     /// Seed of everything.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Train LoRA adapters of this rank instead of every weight (0: full fine-tune).
+    #[arg(long, default_value_t = 0)]
+    pub lora_r: usize,
     /// Device and precision of every stage.
     #[command(flatten)]
     pub placement: super::args::PlacementArgs,
@@ -255,6 +258,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
             ]));
         }
         argv.extend(args.placement.argv());
+        if args.lora_r > 0 {
+            argv.extend(owned(&["--lora-r", &args.lora_r.to_string()]));
+        }
         let Command::Train(train_args) = parse(&argv)? else { unreachable!("a train command line") };
         eprintln!("{name}:");
         let cfg = config(&train_args)?;
@@ -324,7 +330,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "data": {"candidate_pairs": args.pairs, "kept_pairs": kept, "min_gap": args.min_gap},
         "settings": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "alpha": args.alpha,
             "spo_beta": args.beta, "dpo_beta": args.dpo_beta, "kl_samples": args.kl_samples,
-            "kl_refresh": args.kl_refresh, "story_tokens": args.story_tokens, "seed": args.seed},
+            "kl_refresh": args.kl_refresh, "story_tokens": args.story_tokens, "seed": args.seed, "lora_r": args.lora_r},
         "timings": st.timings,
         "commands": st.commands.iter().map(|(w, a)| json!({"makes": w, "command": shell(a)})).collect::<Vec<_>>(),
     });

@@ -52,6 +52,9 @@ pub struct SweepArgs {
     /// Checkpoint (and evaluate) every N steps (overrides the config file).
     #[arg(long)]
     pub save_every: Option<usize>,
+    /// Train LoRA adapters of this rank instead of every weight (overrides the config file).
+    #[arg(long)]
+    pub lora_r: Option<usize>,
     /// Train only; evaluate later with `spo eval --checkpoints DIR/*`.
     #[arg(long)]
     pub no_eval: bool,
@@ -107,6 +110,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     base.batch_size = args.batch_size.unwrap_or(base.batch_size);
     base.lr = args.lr.unwrap_or(base.lr);
     base.save_every = args.save_every.unwrap_or(base.save_every);
+    base.lora_r = args.lora_r.unwrap_or(base.lora_r);
     base.device = args.eval.placement.device.clone();
     base.dtype = args.eval.placement.dtype.or(base.dtype);
     crate::fsx::check_output_dir("--out", &args.out, &[("--model", &args.model), ("--data", &args.data)])?;
