@@ -14,12 +14,12 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D
 const CHUNK_ELEMENTS: usize = 8 << 20;
 
 /// Rows per chunk for a vocabulary of `vocab`.
-fn chunk_rows(vocab: usize) -> usize {
+pub(crate) fn chunk_rows(vocab: usize) -> usize {
     (CHUNK_ELEMENTS / vocab.max(1)).max(1)
 }
 
 /// The chunk's logits `h Wᵀ` in `acc` (f32 for 16-bit compute).
-fn logits(h: &Tensor, w: &Tensor, acc: DType) -> Result<Tensor> {
+pub(crate) fn logits(h: &Tensor, w: &Tensor, acc: DType) -> Result<Tensor> {
     h.matmul(&w.t()?)?.to_dtype(acc)
 }
 

@@ -7,7 +7,8 @@
 
 use super::config::LlamaConfig;
 use super::decode_linear::{DecodeLinear, MAX_ROWS};
-use super::frozen_linear::frozen_linear;
+use super::frozen_linear::{frozen_linear, lora_linear};
+use super::fused_kl::{linear_kl, Reference};
 use super::fused_logprob::linear_logprob;
 use super::lora::Lora;
 use super::rope::Rope;
@@ -437,10 +438,13 @@ impl Llama {
     fn project(&self, module: &str, x: &Tensor, w: &Var, track: bool) -> Result<Tensor> {
         let weight = self.weight(w, track)?;
         let Some(lora) = &self.lora else { return linear(x, &weight) };
-        let base = frozen_linear(x, &weight, |x| linear(x, &weight))?;
-        match lora.update(module, x, track).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))? {
-            Some(update) => base + update,
-            None => Ok(base),
+        let base = |x: &Tensor| linear(x, &weight);
+        match lora.factors(module, x.dtype(), track)? {
+            Some((a, b)) => {
+                let mask = if track { lora.dropout_mask(x)? } else { None };
+                lora_linear(x, &weight, (&a, &b, lora.config().scaling()), mask, base)
+            }
+            None => frozen_linear(x, &weight, base),
         }
     }
 
@@ -507,6 +511,26 @@ impl Llama {
     /// smaller than `[N, V]`).
     pub fn frozen_hidden_rows(&self, ids: &Tensor, select: &Tensor) -> Result<Tensor> {
         self.selected_hidden(ids, select, false)
+    }
+
+    /// Per-row token-wise `KL(self ‖ reference)` `[N]` at the flat positions
+    /// `select` of `ids`, and this model's per-row entropy `[N]` (no gradient).
+    /// `ref_rows` are the reference's hidden rows there ([`Self::frozen_hidden_rows`]);
+    /// both heads, log-softmaxes and the KL run fused, a chunk of rows at a time
+    /// (`fused_kl`): `[N, V]` is never held. Differentiable when `track`.
+    pub fn kl_rows(
+        &self,
+        ids: &Tensor,
+        select: &Tensor,
+        reference: &Llama,
+        ref_rows: &Tensor,
+        track: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let rows = self.selected_hidden(ids, select, track)?;
+        let head = self.weight(self.lm_head.as_ref().unwrap_or(&self.embed), track)?;
+        let ref_head = reference.weight(reference.lm_head.as_ref().unwrap_or(&reference.embed), false)?;
+        let r = Reference { rows: ref_rows, head: &ref_head };
+        linear_kl(&rows, &head, &r, self.accumulation_dtype())
     }
 
     /// Next-token log-distributions `[N, V]` of hidden rows `[N, D]` (the output

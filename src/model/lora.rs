@@ -176,29 +176,29 @@ impl Lora {
         self.masks.store((step as u64) << 32, Ordering::SeqCst);
     }
 
-    /// The adapter's update `(α/r) · dropout(x) Aᵀ Bᵀ` for `module` (None when it is
-    /// not adapted); computed in `x`'s dtype, dropout only when `track`.
-    pub fn update(&self, module: &str, x: &Tensor, track: bool) -> Result<Option<Tensor>> {
+    /// `module`'s factors `(A, B)` in `dtype` (tracked for training when `track`),
+    /// or None when it is not adapted.
+    pub fn factors(&self, module: &str, dtype: DType, track: bool) -> candle_core::Result<Option<(Tensor, Tensor)>> {
         let Some(ad) = self.adapters.get(module) else { return Ok(None) };
-        let cast = |v: &Var| -> Result<Tensor> {
+        let cast = |v: &Var| -> candle_core::Result<Tensor> {
             let t = if track { v.as_tensor().clone() } else { v.as_tensor().detach() };
-            Ok(t.to_dtype(x.dtype())?)
+            t.to_dtype(dtype)
         };
-        let x = if track && self.config.dropout > 0.0 { self.dropout(x)? } else { x.clone() };
-        let h = x.broadcast_matmul(&cast(&ad.a)?.t()?)?;
-        let y = h.broadcast_matmul(&cast(&ad.b)?.t()?)?;
-        Ok(Some((y * self.config.scaling())?))
+        Ok(Some((cast(&ad.a)?, cast(&ad.b)?)))
     }
 
-    /// Inverted dropout with a mask from the run's seed and the mask counter.
-    fn dropout(&self, x: &Tensor) -> Result<Tensor> {
+    /// An inverted-dropout mask shaped like `x` (0 or 1/(1−p)) from the run's seed
+    /// and the mask counter; None without dropout.
+    pub fn dropout_mask(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let p = self.config.dropout;
+        if p == 0.0 {
+            return Ok(None);
+        }
         let n = self.masks.fetch_add(1, Ordering::SeqCst);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let keep = (1.0 / (1.0 - p)) as f32;
         let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.gen::<f64>() < p { 0.0 } else { keep }).collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        Ok((x * mask)?)
+        Ok(Some(Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?))
     }
 
     /// `W + (α/r)·B A` for `module`'s base weight `w` (merging), in `w`'s dtype.

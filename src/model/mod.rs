@@ -3,6 +3,7 @@
 pub mod config;
 pub mod decode_linear;
 pub mod frozen_linear;
+pub mod fused_kl;
 pub mod fused_logprob;
 pub mod llama;
 pub mod lora;

@@ -8,8 +8,8 @@ pub mod optim;
 
 use crate::batch::{response_logps, tokenize, SequenceBatch, TokenPair};
 use crate::loss::{
-    baselines::PairLogps, dpo_loss, ipo_loss, soft_importance_normaliser, spo_preference_loss_in_batch, token_kl_rows,
-    LossOutput, Weighting,
+    baselines::PairLogps, dpo_loss, ipo_loss, soft_importance_normaliser, spo_preference_loss_in_batch, LossOutput,
+    Weighting,
 };
 use crate::model::llama::accumulation_dtype;
 use crate::model::lora::Lora;
@@ -17,7 +17,7 @@ use crate::model::{load, Llama};
 use crate::sample::{generate, SamplingConfig};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use checkpoint::{KlSample, TrainerState};
 use config::{LossKind, TrainConfig};
 use optim::{AdamW, AdamWConfig};
@@ -379,12 +379,10 @@ impl Trainer {
         let m = self.kl_samples.len();
         let (mut kl, mut ent, mut tokens) = (0.0, 0.0, 0usize);
         for (batch, hidden) in &self.kl_chunks {
-            let p = self.policy.next_token_logdist(&batch.ids, &batch.select, true)?;
-            let q = reference.logdist_of_hidden(hidden, false)?;
-            let term = token_kl_rows(&p, &q, m)?;
+            let (kl_rows, entropy) = self.policy.kl_rows(&batch.ids, &batch.select, reference, hidden, true)?;
+            let term = (kl_rows.sum_all()? / m as f64)?;
             kl += scalar(&term)?;
-            let pd = p.detach();
-            ent += scalar(&(pd.exp()? * &pd)?.sum(D::Minus1)?.sum_all()?.neg()?)?;
+            ent += scalar(&entropy.sum_all()?)?;
             tokens += batch.lengths.iter().sum::<usize>();
             accumulate(&self.policy, &(term * self.cfg.beta)?, acc)?;
         }
