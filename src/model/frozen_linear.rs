@@ -6,8 +6,8 @@
 //! (LoRA's base weights, the tied output head). This op carries the plain
 //! forward's result and hands back only the input's gradient.
 
-use super::precomputed::Precomputed;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use super::precomputed::{precomputed_forward, Precomputed};
+use candle_core::{CustomOp1, CustomOp3, Result, Tensor};
 
 /// The gradient path of `y = x Wᵀ` to `x` alone; `out` is the forward's result.
 struct FrozenLinear {
@@ -20,14 +20,7 @@ impl CustomOp1 for FrozenLinear {
         "frozen-linear"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.out.cpu()
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.out.cuda()
-    }
+    precomputed_forward!(s1 l1);
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let out = self.weight.dim(0)?;
@@ -74,30 +67,7 @@ impl CustomOp3 for LoraLinear {
         "lora-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.out.cpu()
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.out.cuda()
-    }
+    precomputed_forward!(s1 l1, s2 l2, s3 l3);
 
     fn bwd(
         &self,

@@ -9,8 +9,8 @@
 //! `∂h = G W` and `∂W = Gᵀ h` (the latter only when `W` is trained).
 
 use super::fused_logprob::{chunk_rows, logits};
-use super::precomputed::Precomputed;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use super::precomputed::{precomputed_forward, Precomputed};
+use candle_core::{CustomOp2, DType, Result, Tensor, D};
 use candle_nn::ops::log_softmax;
 
 /// The reference's side of the KL: its final hidden rows and output head.
@@ -63,20 +63,7 @@ impl CustomOp2 for FusedKl {
         "fused-linear-kl"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.out.cpu()
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.out.cuda()
-    }
+    precomputed_forward!(s1 l1, s2 l2);
 
     fn bwd(&self, rows: &Tensor, head: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (h, w) = (rows.detach(), head.detach());

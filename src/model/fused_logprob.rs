@@ -7,8 +7,8 @@
 //! `∂h = g·(W_t − p W)` and `∂W = Σ_n g_n·(e_{t_n} − p_n) ⊗ h_n`, the latter only
 //! when `W` is trained (a frozen head costs no `[V, D]` gradient).
 
-use super::precomputed::Precomputed;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use super::precomputed::{precomputed_forward, Precomputed};
+use candle_core::{CustomOp2, DType, Result, Tensor, D};
 
 /// Elements of one chunk's `[rows, V]` logits (32 MB in f32).
 const CHUNK_ELEMENTS: usize = 8 << 20;
@@ -51,20 +51,7 @@ impl CustomOp2 for FusedLogprob {
         "fused-linear-logprob"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.out.cpu()
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.out.cuda()
-    }
+    precomputed_forward!(s1 l1, s2 l2);
 
     fn bwd(
         &self,

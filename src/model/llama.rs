@@ -8,12 +8,14 @@
 use super::config::LlamaConfig;
 use super::decode_linear::{DecodeLinear, MAX_ROWS};
 use super::frozen_linear::{frozen_linear, lora_linear};
+use super::fused_attention::attention;
 use super::fused_kl::{linear_kl, Reference};
 use super::fused_logprob::linear_logprob;
+use super::fused_norm::rms_norm;
 use super::lora::Lora;
 use super::rope::Rope;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
-use candle_nn::ops::{log_softmax, softmax};
+use candle_nn::ops::log_softmax;
 
 /// One decoder block's weights.
 #[derive(Debug, Clone)]
@@ -161,15 +163,6 @@ fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let mut out = dims;
     *out.last_mut().expect("rank ≥ 1") = weight.dim(0)?;
     y.reshape(out)
-}
-
-/// Composed RMSNorm: `x · rsqrt(mean(x²) + ε) · w`, normalised in f32 for 16-bit
-/// `x` (as Hugging Face does) and scaled in `x`'s dtype.
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let xa = x.to_dtype(accumulation_dtype(x.dtype()))?;
-    let ms = xa.sqr()?.mean_keepdim(D::Minus1)?;
-    let inv = (ms + eps)?.sqrt()?.recip()?;
-    xa.broadcast_mul(&inv)?.to_dtype(x.dtype())?.broadcast_mul(weight)
 }
 
 /// The names and shapes of every weight, in a fixed order (Hugging Face names).
@@ -403,14 +396,10 @@ impl Llama {
                 }
                 cache.layers[li] = Some((k.clone(), v.clone()));
             }
-            let tk = k.dim(2)?;
             // Grouped-query attention: query heads are grouped n_rep to a KV head.
             let n_rep = h / kvh;
             let q = q.reshape((b, kvh, n_rep * t, hd))?;
-            let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, h, t, tk))?;
-            let scores = scores.to_dtype(self.accumulation_dtype())?.broadcast_add(mask)?;
-            let probs = softmax(&scores, D::Minus1)?.to_dtype(self.dtype)?;
-            let ctx = probs.reshape((b, kvh, n_rep * t, tk))?.matmul(&v)?.reshape((b, h, t, hd))?;
+            let ctx = attention(&q, &k, &v, mask, scale, self.accumulation_dtype())?.reshape((b, h, t, hd))?;
             let ctx = ctx.transpose(1, 2)?.reshape((b, t, h * hd))?;
             x = (x + self.project(&format!("{p}.o_proj"), &ctx, &blk.wo, track)?)?;
             let xn = rms_norm(&x, &self.weight(&blk.ffn_norm, track)?, c.rms_norm_eps)?;

@@ -3,8 +3,10 @@
 pub mod config;
 pub mod decode_linear;
 pub mod frozen_linear;
+pub mod fused_attention;
 pub mod fused_kl;
 pub mod fused_logprob;
+pub mod fused_norm;
 pub mod llama;
 pub mod lora;
 pub mod placement;

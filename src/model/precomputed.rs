@@ -42,3 +42,27 @@ impl Precomputed {
         }
     }
 }
+
+/// The `cpu_fwd` and `cuda_fwd` of a custom op whose result is its
+/// `out: Precomputed` field, one `storage layout` name pair per input.
+macro_rules! precomputed_forward {
+    ($($s:ident $l:ident),+) => {
+        fn cpu_fwd(
+            &self,
+            $($s: &candle_core::CpuStorage, $l: &candle_core::Layout),+
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            $(let _ = ($s, $l);)+
+            self.out.cpu()
+        }
+
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            $($s: &candle_core::CudaStorage, $l: &candle_core::Layout),+
+        ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+            $(let _ = ($s, $l);)+
+            self.out.cuda()
+        }
+    };
+}
+pub(crate) use precomputed_forward;
