@@ -116,6 +116,7 @@ pub fn lora_linear(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::precomputed::max_abs_diff;
     use candle_core::{DType, Device, Var};
 
     /// Values and the input's gradient equal the composed matmul's, in f64 and f32;
@@ -133,13 +134,9 @@ mod tests {
             let probe = Tensor::randn(0f64, 1.0, (2, 3, 4), &dev).unwrap().to_dtype(dtype).unwrap();
             let ga = (&fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
             let gb = (&composed * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let diff = |a: &Tensor, b: &Tensor| -> f64 {
-                let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-                d.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
-            };
             let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
-            assert!(diff(&fused, &composed) < tol);
-            assert!(diff(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap()) < tol);
+            assert!(max_abs_diff(&fused, &composed) < tol);
+            assert!(max_abs_diff(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap()) < tol);
             assert!(ga.get(&w).is_none(), "no gradient for the frozen weight");
         }
     }
@@ -168,14 +165,10 @@ mod tests {
                 let probe = randn(&[2, 3, 4]);
                 let ga = (&fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
                 let gb = (&composed * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                let diff = |p: &Tensor, q: &Tensor| -> f64 {
-                    let d = (p - q).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-                    d.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
-                };
                 let tol = if dtype == DType::F64 { 1e-12 } else { 1e-4 };
-                assert!(diff(&fused, &composed) < tol, "{dtype:?} value");
+                assert!(max_abs_diff(&fused, &composed) < tol, "{dtype:?} value");
                 for (what, v) in [("x", &x), ("A", &a), ("B", &b)] {
-                    let d = diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+                    let d = max_abs_diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
                     assert!(d < tol, "{dtype:?} mask {}: ∂{what} differs by {d}", m.is_some());
                 }
                 assert!(ga.get(&w).is_none());

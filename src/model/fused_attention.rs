@@ -74,6 +74,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::precomputed::max_abs_diff;
     use candle_core::{Device, Var};
 
     /// Output and the q, k, v gradients equal the composed attention's, in f64 and
@@ -99,13 +100,9 @@ mod tests {
             let probe = Tensor::randn(0f64, 1.0, (b, kv, r * t, hd), &dev).unwrap().to_dtype(dtype).unwrap();
             let ga = (&fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
             let gb = (&composed * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let diff = |x: &Tensor, y: &Tensor| -> f64 {
-                let d = (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-                d.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
-            };
-            assert!(diff(&fused, &composed) < tol, "{dtype:?}: values");
+            assert!(max_abs_diff(&fused, &composed) < tol, "{dtype:?}: values");
             for (what, x) in [("q", &q), ("k", &k), ("v", &v)] {
-                let d = diff(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+                let d = max_abs_diff(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
                 assert!(d < tol, "{dtype:?}: ∂{what} differs by {d}");
             }
         }

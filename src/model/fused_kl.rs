@@ -108,12 +108,8 @@ pub fn linear_kl(rows: &Tensor, head: &Tensor, reference: &Reference, acc: DType
 mod tests {
     use super::*;
     use crate::loss::kl::position_kl;
+    use crate::model::precomputed::max_abs_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
-        d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
 
     /// Values, entropy and both gradients equal the composed log-softmaxes and
     /// `position_kl`, in f64 and f32, with several chunks (V = 65,537).
@@ -135,14 +131,14 @@ mod tests {
                 let logq = log_softmax(&ref_rows.matmul(&ref_head.t().unwrap()).unwrap(), D::Minus1).unwrap();
                 let composed = position_kl(&logp, &logq).unwrap();
                 let ent = (logp.exp().unwrap() * &logp).unwrap().sum(D::Minus1).unwrap().neg().unwrap();
-                assert!(max_diff(&fused, &composed) < tol, "{dtype:?} V={vocab}: KL values");
-                assert!(max_diff(&entropy, &ent) < tol, "{dtype:?} V={vocab}: entropy");
+                assert!(max_abs_diff(&fused, &composed) < tol, "{dtype:?} V={vocab}: KL values");
+                assert!(max_abs_diff(&entropy, &ent) < tol, "{dtype:?} V={vocab}: entropy");
                 let ga = (&fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
                 let gb = (&composed * &probe).unwrap().sum_all().unwrap().backward().unwrap();
                 for (what, v) in [("rows", &rows), ("head", &head)] {
                     let (a, b) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
-                    let scale = 1.0 + max_diff(b, &b.zeros_like().unwrap()); // relative in f32's sums
-                    let d = max_diff(a, b);
+                    let scale = 1.0 + max_abs_diff(b, &b.zeros_like().unwrap()); // relative in f32's sums
+                    let d = max_abs_diff(a, b);
                     assert!(d < tol * scale, "{dtype:?} V={vocab}: ∂{what} differs by {d} (scale {scale})");
                 }
             }

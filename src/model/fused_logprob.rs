@@ -103,13 +103,9 @@ pub fn linear_logprob(rows: &Tensor, weight: &Tensor, targets: &Tensor, acc: DTy
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::precomputed::max_abs_diff;
     use candle_core::{Device, Var};
     use candle_nn::ops::log_softmax;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
-        d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
 
     /// Values and both gradients equal the composed head + log-softmax + gather, in
     /// f64 and f32, with several chunks per batch (V = 65,537: 128 rows a chunk);
@@ -131,11 +127,11 @@ mod tests {
                 let gather =
                     log_softmax(&logits, D::Minus1).unwrap().gather(&targets.unsqueeze(1).unwrap(), 1).unwrap();
                 let composed = gather.squeeze(1).unwrap();
-                assert!(max_diff(&fused, &composed) < tol, "{dtype:?} V={vocab}: values");
+                assert!(max_abs_diff(&fused, &composed) < tol, "{dtype:?} V={vocab}: values");
                 let ga = (&fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
                 let gb = (&composed * &probe).unwrap().sum_all().unwrap().backward().unwrap();
                 for (what, v) in [("rows", &rows), ("weight", &weight)] {
-                    let d = max_diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+                    let d = max_abs_diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
                     assert!(d < tol, "{dtype:?} V={vocab}: ∂{what} differs by {d}");
                 }
                 let frozen = linear_logprob(rows.as_tensor(), &weight.as_tensor().detach(), &targets, dtype).unwrap();

@@ -59,6 +59,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::precomputed::max_abs_diff;
     use candle_core::{DType, Device, Var};
 
     /// Output and both gradients equal the composed RMSNorm's, in f64 and f32.
@@ -78,13 +79,9 @@ mod tests {
             let probe = Tensor::randn(0f64, 1.0, (2, 3, 6), &dev).unwrap().to_dtype(dtype).unwrap();
             let ga = (&fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
             let gb = (&composed * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let diff = |p: &Tensor, q: &Tensor| -> f64 {
-                let d = (p - q).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-                d.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
-            };
-            assert!(diff(&fused, &composed) < tol, "{dtype:?}: values");
+            assert!(max_abs_diff(&fused, &composed) < tol, "{dtype:?}: values");
             for (what, v) in [("x", &x), ("w", &w)] {
-                let d = diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+                let d = max_abs_diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
                 assert!(d < tol, "{dtype:?}: ∂{what} differs by {d}");
             }
         }

@@ -66,3 +66,11 @@ macro_rules! precomputed_forward {
     };
 }
 pub(crate) use precomputed_forward;
+
+/// The largest absolute elementwise difference of two tensors, as f64 (tests of
+/// the hand-written backwards against the composed ops).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let d = (a.to_dtype(candle_core::DType::F64).unwrap() - b.to_dtype(candle_core::DType::F64).unwrap()).unwrap();
+    d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+}
