@@ -9,6 +9,7 @@ use super::config::LlamaConfig;
 use super::decode_linear::{DecodeLinear, MAX_ROWS};
 use super::frozen_linear::{frozen_linear, lora_linear};
 use super::fused_attention::attention;
+use super::fused_elementwise::swiglu;
 use super::fused_kl::{linear_kl, Reference};
 use super::fused_logprob::linear_logprob;
 use super::fused_norm::rms_norm;
@@ -406,7 +407,7 @@ impl Llama {
             let m = format!("model.layers.{li}.mlp");
             let gate = self.project(&format!("{m}.gate_proj"), &xn, &blk.w_gate, track)?;
             let up = self.project(&format!("{m}.up_proj"), &xn, &blk.w_up, track)?;
-            x = (x + self.project(&format!("{m}.down_proj"), &(gate.silu()? * up)?, &blk.w_down, track)?)?;
+            x = (x + self.project(&format!("{m}.down_proj"), &swiglu(&gate, &up)?, &blk.w_down, track)?)?;
         }
         rms_norm(&x, &self.weight(&self.norm, track)?, c.rms_norm_eps)
     }

@@ -4,6 +4,7 @@ pub mod config;
 pub mod decode_linear;
 pub mod frozen_linear;
 pub mod fused_attention;
+pub mod fused_elementwise;
 pub mod fused_kl;
 pub mod fused_logprob;
 pub mod fused_norm;

@@ -121,13 +121,9 @@ impl Rope {
 }
 
 impl Rotation {
-    /// Rotates `x: [B, H, T, head_dim]`.
+    /// Rotates `x: [B, H, T, head_dim]` (one op with its own backward).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let hd = x.dim(D::Minus1)?;
-        let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
-        let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?
+        super::fused_elementwise::rope(x, &self.cos, &self.sin)
     }
 }
 
