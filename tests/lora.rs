@@ -231,3 +231,49 @@ fn peft_adapters_load_both_ways() {
     let (c2, _) = spo::model::lora::read_config(&again).unwrap();
     assert_eq!(c1, c2);
 }
+
+/// A LoRA run's adapters, through the CLI: `final/` generates on its own (the base
+/// from its config), and `spo eval --reference BASE --adapter DIR` evaluates against
+/// the adapted reference, refusing an adapter trained on another base.
+#[test]
+fn cli_runs_use_adapter_directories() {
+    let (model, data, dir) = common::tiny_run_inputs("lora-cli", 8);
+    let run = dir.join("run");
+    let flags = ["--lora-r", "2", "--steps", "2", "--lr", "0.05", "--eval-fraction", "0"];
+    let o = common::spo_train(&model, &data, &run, &flags);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fin = run.join("final");
+    let g = common::spo(&["generate", "--model", common::s(&fin), "--max-tokens", "3", "--prompt", "Q1:"]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    let eval = |reference: &std::path::Path| {
+        common::spo(&[
+            "eval",
+            "--reference",
+            common::s(reference),
+            "--adapter",
+            common::s(&fin),
+            "--checkpoints",
+            common::s(&fin),
+            "--prefix",
+            "Q",
+            "--num-samples",
+            "4",
+            "--max-tokens",
+            "4",
+            "--cache",
+            common::s(&dir.join("cache")),
+            "--json",
+        ])
+    };
+    let ok = eval(&model);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let bad = eval(&other);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("was trained on"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -6,7 +6,7 @@ use super::judge::JudgeOptions;
 use crate::eval::runs::{discover, Run};
 use crate::eval::{EvalSpec, Evaluator, PointReport};
 use crate::plot::{winrate_figure, WinRateCurve};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -83,6 +83,10 @@ pub struct EvalArgs {
     /// The reference model (the starting point of training).
     #[arg(long)]
     pub reference: PathBuf,
+    /// A LoRA adapter directory trained on --reference: the reference is then the
+    /// base with this adapter (e.g. a run continued from an adapter).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Run directories (all their checkpoints, in step order), checkpoints, or models.
     #[arg(long, num_args = 1.., required = true)]
     pub checkpoints: Vec<PathBuf>,
@@ -225,6 +229,22 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     crate::fsx::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
 }
 
+/// The reference for `--reference BASE --adapter DIR`: the adapter directory, which
+/// loads onto the base it names, once that base is checked to be `BASE`.
+fn adapted_reference(base: &Path, adapter: &Path) -> Result<PathBuf> {
+    let (_, named) = crate::model::lora::read_config(adapter).context("--adapter")?;
+    let same = |p: &Path| std::fs::canonicalize(p).ok();
+    match named {
+        Some(named) if same(&named).is_some() && same(&named) == same(base) => Ok(adapter.to_path_buf()),
+        named => usage(format!(
+            "--adapter {} was trained on {}, not on --reference {}",
+            adapter.display(),
+            named.map_or("no named base".into(), |n| n.display().to_string()),
+            base.display()
+        )),
+    }
+}
+
 /// What `spo eval` computes and writes (`--out`, `--plot`); progress goes to stderr.
 pub fn evaluate_and_write(args: &EvalArgs) -> Result<EvalReport> {
     let inputs: Vec<(&str, &Path)> = std::iter::once(("--reference", args.reference.as_path()))
@@ -238,7 +258,11 @@ pub fn evaluate_and_write(args: &EvalArgs) -> Result<EvalReport> {
         crate::fsx::check_output_file("--out", out, &inputs)?;
     }
     let runs = discover(&args.checkpoints)?;
-    let report = evaluate(&args.reference, &runs, &args.options, &mut |m| eprintln!("{m}"))?;
+    let reference = match &args.adapter {
+        Some(adapter) => adapted_reference(&args.reference, adapter)?,
+        None => args.reference.clone(),
+    };
+    let report = evaluate(&reference, &runs, &args.options, &mut |m| eprintln!("{m}"))?;
     if let Some(out) = &args.out {
         write_json(out, &report)?;
     }
