@@ -126,39 +126,38 @@ fn an_interrupted_sweep_finishes_the_remaining_runs_only() {
     let (model, data, dir) = common::tiny_run_inputs("sweep", 3);
     let out = dir.join("sweep");
     let sweep = |alphas: &str| {
-        common::spo(&[
-            "sweep",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--out",
-            s(&out),
-            "--losses",
-            "spo,dpo",
-            "--alphas",
-            alphas,
-            "--betas",
-            "0.1",
-            "--weightings",
-            "uniform",
-            "--steps",
-            "2",
-            "--batch-size",
-            "2",
-            "--lr",
-            "0.01",
-            "--save-every",
-            "1",
-            "--prefix",
-            "Q",
-            "--num-samples",
-            "4",
-            "--max-tokens",
-            "4",
-            "--cache",
-            s(&dir.join("cache")),
-        ])
+        common::spo(
+            &[
+                "sweep",
+                "--model",
+                s(&model),
+                "--data",
+                s(&data),
+                "--out",
+                s(&out),
+                "--losses",
+                "spo,dpo",
+                "--alphas",
+                alphas,
+                "--betas",
+                "0.1",
+                "--weightings",
+                "uniform",
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--lr",
+                "0.01",
+                "--save-every",
+                "1",
+                "--cache",
+                s(&dir.join("cache")),
+            ]
+            .into_iter()
+            .chain(common::SMALL_EVAL)
+            .collect::<Vec<_>>(),
+        )
     };
     ok(&sweep("0.5"));
     let (spo_a, dpo) = (out.join("spo-a0.5-b0.1-uniform"), out.join("dpo-b0.1"));

@@ -246,24 +246,23 @@ fn cli_runs_use_adapter_directories() {
     let g = common::spo(&["generate", "--model", common::s(&fin), "--max-tokens", "3", "--prompt", "Q1:"]);
     assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
     let eval = |reference: &std::path::Path| {
-        common::spo(&[
-            "eval",
-            "--reference",
-            common::s(reference),
-            "--adapter",
-            common::s(&fin),
-            "--checkpoints",
-            common::s(&fin),
-            "--prefix",
-            "Q",
-            "--num-samples",
-            "4",
-            "--max-tokens",
-            "4",
-            "--cache",
-            common::s(&dir.join("cache")),
-            "--json",
-        ])
+        common::spo(
+            &[
+                "eval",
+                "--reference",
+                common::s(reference),
+                "--adapter",
+                common::s(&fin),
+                "--checkpoints",
+                common::s(&fin),
+                "--cache",
+                common::s(&dir.join("cache")),
+                "--json",
+            ]
+            .into_iter()
+            .chain(common::SMALL_EVAL)
+            .collect::<Vec<_>>(),
+        )
     };
     let ok = eval(&model);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));

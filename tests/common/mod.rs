@@ -60,3 +60,6 @@ pub fn spo_train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::
     args.extend_from_slice(extra);
     spo(&args)
 }
+
+/// Small evaluation sampling flags: 4 samples of 4 tokens after "Q".
+pub const SMALL_EVAL: [&str; 6] = ["--prefix", "Q", "--num-samples", "4", "--max-tokens", "4"];
