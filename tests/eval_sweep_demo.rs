@@ -22,6 +22,9 @@ fn mtime(p: &Path) -> std::time::SystemTime {
     std::fs::metadata(p).unwrap().modified().unwrap()
 }
 
+/// The short runs of the sweep tests: 2 steps of 2 pairs, a checkpoint every step.
+const RUN: [&str; 8] = ["--steps", "2", "--batch-size", "2", "--lr", "0.01", "--save-every", "1"];
+
 #[test]
 fn eval_reports_win_rates_per_checkpoint_and_reuses_its_cache() {
     let (model, data, dir) = common::tiny_run_inputs("eval", 3);
@@ -143,18 +146,11 @@ fn an_interrupted_sweep_finishes_the_remaining_runs_only() {
                 "0.1",
                 "--weightings",
                 "uniform",
-                "--steps",
-                "2",
-                "--batch-size",
-                "2",
-                "--lr",
-                "0.01",
-                "--save-every",
-                "1",
                 "--cache",
                 s(&dir.join("cache")),
             ]
             .into_iter()
+            .chain(RUN)
             .chain(common::SMALL_EVAL)
             .collect::<Vec<_>>(),
         )
@@ -168,24 +164,10 @@ fn an_interrupted_sweep_finishes_the_remaining_runs_only() {
         &model,
         &data,
         &spo_b,
-        &[
-            "--loss",
-            "spo",
-            "--alpha",
-            "1",
-            "--beta",
-            "0.1",
-            "--steps",
-            "2",
-            "--batch-size",
-            "2",
-            "--lr",
-            "0.01",
-            "--save-every",
-            "1",
-            "--stop-after",
-            "1",
-        ],
+        &["--loss", "spo", "--alpha", "1", "--beta", "0.1", "--stop-after", "1"]
+            .into_iter()
+            .chain(RUN)
+            .collect::<Vec<_>>(),
     ));
     assert!(!spo_b.join("final").exists());
     let step1 = mtime(&spo_b.join("checkpoint-000001/model.safetensors"));
