@@ -382,9 +382,8 @@ impl Llama {
         let rotation = self.rope.at(positions, &self.device)?;
         for (li, blk) in self.blocks.iter().enumerate() {
             let xn = rms_norm(&x, &self.weight(&blk.attn_norm, track)?, c.rms_norm_eps)?;
-            let p = format!("model.layers.{li}.self_attn");
             let heads = |wt: &Var, name: &str, n: usize| -> Result<Tensor> {
-                let y = self.project(&format!("{p}.{name}"), &xn, wt, track)?;
+                let y = self.project((li, "self_attn", name), &xn, wt, track)?;
                 y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
             };
             let q = rotation.apply(&heads(&blk.wq, "q_proj", h)?)?;
@@ -402,12 +401,11 @@ impl Llama {
             let q = q.reshape((b, kvh, n_rep * t, hd))?;
             let ctx = attention(&q, &k, &v, mask, scale, self.accumulation_dtype())?.reshape((b, h, t, hd))?;
             let ctx = ctx.transpose(1, 2)?.reshape((b, t, h * hd))?;
-            x = (x + self.project(&format!("{p}.o_proj"), &ctx, &blk.wo, track)?)?;
+            x = (x + self.project((li, "self_attn", "o_proj"), &ctx, &blk.wo, track)?)?;
             let xn = rms_norm(&x, &self.weight(&blk.ffn_norm, track)?, c.rms_norm_eps)?;
-            let m = format!("model.layers.{li}.mlp");
-            let gate = self.project(&format!("{m}.gate_proj"), &xn, &blk.w_gate, track)?;
-            let up = self.project(&format!("{m}.up_proj"), &xn, &blk.w_up, track)?;
-            x = (x + self.project(&format!("{m}.down_proj"), &swiglu(&gate, &up)?, &blk.w_down, track)?)?;
+            let gate = self.project((li, "mlp", "gate_proj"), &xn, &blk.w_gate, track)?;
+            let up = self.project((li, "mlp", "up_proj"), &xn, &blk.w_up, track)?;
+            x = (x + self.project((li, "mlp", "down_proj"), &swiglu(&gate, &up)?, &blk.w_down, track)?)?;
         }
         rms_norm(&x, &self.weight(&self.norm, track)?, c.rms_norm_eps)
     }
@@ -422,14 +420,17 @@ impl Llama {
         }
     }
 
-    /// The projection `module` of `x` by its base weight `w`, plus its LoRA update
+    /// The projection `name` of block `layer`'s `kind` (`self_attn`, `mlp`) of `x`
+    /// by its base weight `w`, plus its LoRA update
     /// when adapted. Under LoRA the base weight is frozen: no gradient is computed
     /// for it (`frozen_linear`).
-    fn project(&self, module: &str, x: &Tensor, w: &Var, track: bool) -> Result<Tensor> {
+    fn project(&self, (layer, kind, name): (usize, &str, &str), x: &Tensor, w: &Var, track: bool) -> Result<Tensor> {
         let weight = self.weight(w, track)?;
         let Some(lora) = &self.lora else { return linear(x, &weight) };
         let base = |x: &Tensor| linear(x, &weight);
-        match lora.factors(module, x.dtype(), track)? {
+        // the module's Hugging Face path, built only under LoRA (not on every decode step)
+        let module = format!("model.layers.{layer}.{kind}.{name}");
+        match lora.factors(&module, x.dtype(), track)? {
             Some((a, b)) => {
                 let mask = if track { lora.dropout_mask(x)? } else { None };
                 lora_linear(x, &weight, (&a, &b, lora.config().scaling()), mask, base)
